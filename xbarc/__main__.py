@@ -1,0 +1,5 @@
+"""``python -m xbarc`` runs the CLI."""
+
+from xbarc.cli import main
+
+main()
