@@ -112,7 +112,9 @@ def _read(path: str) -> _Model:
         try:
             proto = onnx.version_converter.convert_version(proto, UPGRADE_TO)
         except Exception as e:
-            raise _fail(path, f"cannot upgrade opset {opset} to {UPGRADE_TO}: {_first_line(e)}")
+            raise _fail(
+                path, f"cannot upgrade opset {opset} to {UPGRADE_TO}: {_first_line(e)}"
+            ) from e
         opset = UPGRADE_TO
     weights = _load_weights(path, p.parent, proto)
     try:
@@ -376,7 +378,9 @@ def _l_clip(c: _Ctx) -> list[Value]:
     x = c.need(0)
     if not x.type.dtype.is_float:
         raise c.err(f"Clip on {x.type} is not supported (float only)")
-    return c.emit(O.Clip(min=None if lo is None else float(lo), max=None if hi is None else float(hi)), [x])
+    return c.emit(
+        O.Clip(min=None if lo is None else float(lo), max=None if hi is None else float(hi)), [x]
+    )
 
 
 @lower("Dropout")
@@ -385,7 +389,11 @@ def _l_dropout(c: _Ctx) -> list[Value | None]:
     if training is not None and bool(np.asarray(training).reshape(-1)[0]):
         raise c.err("training_mode=true is not supported (inference graphs only)")
     ratio = c.const(1, "ratio")
-    r = float(np.asarray(ratio).reshape(-1)[0]) if ratio is not None else float(c.attr("ratio", 0.5))
+    r = (
+        float(np.asarray(ratio).reshape(-1)[0])
+        if ratio is not None
+        else float(c.attr("ratio", 0.5))
+    )
     return [*c.emit(O.Dropout(ratio=r), [c.need(0)]), None]
 
 
@@ -470,7 +478,10 @@ def _l_gemm(c: _Ctx) -> list[Value]:
 
 
 def _auto_pads(
-    c: _Ctx, spatial: Sequence[int], kernel: Sequence[int], strides: Sequence[int],
+    c: _Ctx,
+    spatial: Sequence[int],
+    kernel: Sequence[int],
+    strides: Sequence[int],
     dilations: Sequence[int],
 ) -> tuple[int, ...]:
     mode = c.attr("auto_pad", b"NOTSET")
@@ -539,8 +550,9 @@ def _l_conv(c: _Ctx) -> list[Value]:
     if nsp == 1:
         x2 = _to_2d(c, x)
         (w2,) = c.emit(O.Reshape(shape=(*w.type.shape[:2], 1, ks[0])), [w])
-        op = O.Conv(strides=(1, strides[0]), pads=_pads_2d(pads), dilations=(1, dil[0]),
-                    group=group)
+        op = O.Conv(
+            strides=(1, strides[0]), pads=_pads_2d(pads), dilations=(1, dil[0]), group=group
+        )
         (y,) = c.emit(op, [x2, w2] + ([bias] if bias is not None else []))
         n, ch, _, length = y.type.shape
         return c.emit(O.Reshape(shape=(n, ch, length)), [y])
@@ -564,7 +576,11 @@ def _l_ln(c: _Ctx) -> list[Value | None]:
     bias = c.inp(2)
     if bias is not None:
         ins.append(bias)
-    return [*c.emit(O.LayerNorm(axis=axis, epsilon=float(c.attr("epsilon", 1e-5))), ins), None, None]
+    return [
+        *c.emit(O.LayerNorm(axis=axis, epsilon=float(c.attr("epsilon", 1e-5))), ins),
+        None,
+        None,
+    ]
 
 
 @lower("Softmax", "LogSoftmax")
@@ -618,8 +634,9 @@ def _l_pool(c: _Ctx) -> list[Value | None]:
         if any(d != 1 for d in dil):
             raise c.err(f"attribute dilations={list(dil)} is not supported for AveragePool")
         cip = bool(c.attr("count_include_pad", 0))
-        op = O.AveragePool(kernel=ks, strides=strides, pads=pads, ceil_mode=ceil,
-                           count_include_pad=cip)
+        op = O.AveragePool(
+            kernel=ks, strides=strides, pads=pads, ceil_mode=ceil, count_include_pad=cip
+        )
     return [*c.emit(op, [x]), None]
 
 
@@ -826,7 +843,9 @@ def _l_constant(c: _Ctx) -> list[Value]:
     if name == "value":
         t = a.t
         if t.data_type not in _ONNX_DTYPES:
-            raise c.err(f"value of type {onnx.TensorProto.DataType.Name(t.data_type)} not supported")
+            raise c.err(
+                f"value of type {onnx.TensorProto.DataType.Name(t.data_type)} not supported"
+            )
         return _const(c, numpy_helper.to_array(t))
     if name == "value_float":
         return _const(c, np.array(a.f, np.float32))
@@ -970,11 +989,13 @@ def _batch_coefficients(path: str, g0: Graph, g1: Graph) -> None:
         for a, b in zip(n0.inputs, n1.inputs, strict=True):
             if a.is_const != b.is_const:
                 raise _fail(path, f"node {n0.name!r}: an operand depends on the batch size")
-            if a.const is not None and b.const is not None and a.const is not b.const:
-                if a.type != b.type or not np.array_equal(a.const, b.const):
-                    raise _fail(
-                        path, f"node {n0.name!r}: a constant operand depends on the batch size"
-                    )
+            if (
+                a.const is not None
+                and b.const is not None
+                and a.const is not b.const
+                and (a.type != b.type or not np.array_equal(a.const, b.const))
+            ):
+                raise _fail(path, f"node {n0.name!r}: a constant operand depends on the batch size")
 
 
 def load_onnx(path: str | os.PathLike[str], *, batch: int = 1) -> Graph:

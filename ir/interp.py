@@ -61,9 +61,10 @@ def windows(
     spans = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilations, strict=True))
     w = sliding_window_view(x, spans, axis=tuple(range(2, 2 + nsp)))
     idx = (
-        (slice(None), slice(None))
-        + tuple(slice(None, None, s) for s in strides)
-        + tuple(slice(None, None, d) for d in dilations)
+        slice(None),
+        slice(None),
+        *(slice(None, None, s) for s in strides),
+        *(slice(None, None, d) for d in dilations),
     )
     return w[idx]
 
@@ -89,19 +90,26 @@ def im2col(
     return cols.reshape(n, math.prod(out_sp), c * math.prod(kernel))
 
 
-def conv_out_shape(x_shape: Sequence[int], op: O.Conv | O.XbarMVM, kernel: Sequence[int]) -> list[int]:
+def conv_out_shape(
+    x_shape: Sequence[int], op: O.Conv | O.XbarMVM, kernel: Sequence[int]
+) -> list[int]:
     """Spatial output extents of a convolution."""
     nsp = len(kernel)
     return [
-        O.window_out(x_shape[2 + i], kernel[i], op.strides[i], op.pads[i], op.pads[i + nsp],
-                     op.dilations[i], False)
+        O.window_out(
+            x_shape[2 + i],
+            kernel[i],
+            op.strides[i],
+            op.pads[i],
+            op.pads[i + nsp],
+            op.dilations[i],
+            False,
+        )
         for i in range(nsp)
     ]
 
 
-def grouped_conv(
-    x: Array, wmat: Array, kernel: Sequence[int], op: O.Conv | O.XbarMVM
-) -> Array:
+def grouped_conv(x: Array, wmat: Array, kernel: Sequence[int], op: O.Conv | O.XbarMVM) -> Array:
     """Convolution through im2col with logical weights ``wmat[G, R, C]``: ``[N, G*C, *out]``."""
     groups, rows, cols_per = wmat.shape
     cols = im2col(x, kernel, op.strides, op.pads, op.dilations)
@@ -109,16 +117,18 @@ def grouped_conv(
     n, p = cols.shape[:2]
     y = np.empty((n, p, groups * cols_per), dtype=np.result_type(x, wmat))
     for g in range(groups):
-        np.matmul(cols[:, :, g * rows : (g + 1) * rows], wmat[g], out=y[:, :, g * cols_per : (g + 1) * cols_per])
+        np.matmul(
+            cols[:, :, g * rows : (g + 1) * rows],
+            wmat[g],
+            out=y[:, :, g * cols_per : (g + 1) * cols_per],
+        )
     return np.ascontiguousarray(y.transpose(0, 2, 1)).reshape(n, groups * cols_per, *out_sp)
 
 
 def conv_weight_matrix(w: Array, group: int) -> Array:
     """ONNX conv weight ``[Cout, Cin/g, *k]`` as logical matrices ``[g, Cin/g*prod(k), Cout/g]``."""
     cout = w.shape[0]
-    return np.ascontiguousarray(
-        w.reshape(group, cout // group, -1).transpose(0, 2, 1)
-    )
+    return np.ascontiguousarray(w.reshape(group, cout // group, -1).transpose(0, 2, 1))
 
 
 # ----------------------------------------------------------------------------- elementwise
@@ -251,6 +261,14 @@ def _gemm(op: O.Gemm, a: list[Array]) -> tuple[Array, ...]:
     if len(a) == 3:
         c = a[2] if op.beta == 1.0 else a[2] * a[2].dtype.type(op.beta)
         y = y + c
+    return (y,)
+
+
+@kernel(O.Linear)
+def _linear(op: O.Linear, a: list[Array]) -> tuple[Array, ...]:
+    y = a[0] @ a[1]
+    if len(a) == 3:
+        y = y + a[2]
     return (y,)
 
 
@@ -437,9 +455,7 @@ def _expand(op: O.Expand, a: list[Array]) -> tuple[Array, ...]:
 def _pad(op: O.Pad, a: list[Array]) -> tuple[Array, ...]:
     x = a[0]
     r = x.ndim
-    crop = tuple(
-        slice(max(0, -op.pads[i]), x.shape[i] - max(0, -op.pads[i + r])) for i in range(r)
-    )
+    crop = tuple(slice(max(0, -op.pads[i]), x.shape[i] - max(0, -op.pads[i + r])) for i in range(r))
     x = x[crop]
     widths = [(max(0, op.pads[i]), max(0, op.pads[i + r])) for i in range(r)]
     if op.mode == "constant":

@@ -491,6 +491,28 @@ class Gemm(Op):
         return (TensorType((m, n), dtype),)
 
 
+@_register
+@dataclass(frozen=True, slots=True)
+class Linear(Op):
+    """``x @ w (+ b)`` with a 2-D weight ``w[K, N]`` applied to the last axis of ``x[..., K]``.
+
+    ``canonicalize`` turns Gemm and MatMul(+Add) with constant weights into this form.
+    """
+
+    NAME = "linear"
+    ARITY = (2, 3)
+
+    def infer(self, ins: Sequence[TensorType]) -> tuple[TensorType, ...]:
+        self.check_arity(ins)
+        dtype = _same_dtype(self, ins)
+        x, w = ins[0].shape, ins[1].shape
+        if len(w) != 2 or not x or x[-1] != w[0]:
+            raise _fail(self, f"input {list(x)} does not fit weight {list(w)}")
+        if len(ins) == 3 and ins[2].shape != (w[1],):
+            raise _fail(self, f"bias must have shape [{w[1]}], got {list(ins[2].shape)}")
+        return (TensorType((*x[:-1], w[1]), dtype),)
+
+
 def _conv_like_out(
     op: Op,
     x: tuple[int, ...],
@@ -697,7 +719,9 @@ class AveragePool(Op):
         x = ins[0]
         _need_float(self, x)
         ones = (1,) * len(self.kernel)
-        sp = _conv_like_out(self, x.shape, self.kernel, self.strides, self.pads, ones, self.ceil_mode)
+        sp = _conv_like_out(
+            self, x.shape, self.kernel, self.strides, self.pads, ones, self.ceil_mode
+        )
         return (x.with_shape((*x.shape[:2], *sp)),)
 
 

@@ -3,7 +3,7 @@
 Values are numbered ``%0, %1, ...`` in order (inputs, constants by first use, node results);
 attributes are sorted by name. Example line::
 
-    %7 = conv(%0, %1, %2) {dilations=[1,1], group=1, pads=[1,1,1,1], strides=[1,1]} : f32[1,16,32,32]
+    %7 = conv(%0, %1, %2) {group=1, pads=[1,1,1,1], strides=[1,1]} : f32[1,16,32,32]  # c1
 """
 
 from __future__ import annotations

@@ -125,3 +125,5 @@ class Tile:
     """First row inside the physical tile (non-zero only for packed tiles)."""
     tcol: int = 0
     """First column inside the physical tile (non-zero only for packed tiles)."""
+    device: str = "default"
+    """Name of the device model of the physical tile (``insert-periphery`` sets it)."""

@@ -35,7 +35,9 @@ def verify(g: Graph) -> None:
         seen_nodes.add(id(node))
         for i, v in enumerate(node.inputs):
             if not v.is_const and id(v) not in defined:
-                raise VerifyError(f"{_where(node)}: operand {i} ({v.name!r}) is used before defined")
+                raise VerifyError(
+                    f"{_where(node)}: operand {i} ({v.name!r}) is used before defined"
+                )
             all_values[id(v)] = v
         try:
             types = node.op.infer([v.type for v in node.inputs])

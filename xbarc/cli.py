@@ -56,7 +56,7 @@ def ir_cmd(
     model: ModelArg,
     batch: Annotated[int, typer.Option(help="Batch size for a symbolic batch axis.")] = 1,
 ) -> None:
-    """Print the IR of an ONNX model.  Example: [bold]xbarc ir models/vit.onnx --batch 2[/]"""
+    """Print the IR of an ONNX model.  Example: [bold]xbarc ir models/vit.onnx --batch 2[/]."""
     from xbarc.frontend import load_onnx
     from xbarc.models import resolve
 
