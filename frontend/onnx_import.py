@@ -750,6 +750,12 @@ def _l_slice(c: _Ctx) -> list[Value]:
     if 0 in steps:
         raise c.err("a slice step is 0")
     big = 2**62
+    # onnxruntime reads an end of INT32_MAX or INT64_MAX as "to the end in the step's direction"
+    # (NumPy's None), also for negative steps where the spec would clamp it to dim-1.
+    ends = tuple(
+        -big if int(e) in (2**31 - 1, 2**63 - 1) and st < 0 else e
+        for e, st in zip(ends, steps, strict=True)
+    )
     clamp = tuple(max(-big, min(big, int(v))) for v in starts)
     clampe = tuple(max(-big, min(big, int(v))) for v in ends)
     op = O.Slice(starts=clamp, ends=clampe, axes=axes, steps=tuple(int(s) for s in steps))
@@ -931,13 +937,15 @@ def _lower_graph(m: _Model, batch: int) -> tuple[Graph, bool]:
     g = Graph(Path(m.path).name.removesuffix(".onnx"))
     ctx = _Ctx(m, batch, g)
     symbolic = False
+    fixed = False
     for name, arr in m.weights.items():
-        ctx.env[name] = make_const(arr, name)
+        ctx.env[name] = make_const(arr, name, param=True)
     for vi in gp.input:
         if vi.name in m.weights:
             continue
         t, sym = _tensor_type(m.path, vi, batch)
         symbolic |= sym
+        fixed |= not sym
         ctx.env[vi.name] = g.add_input(t, vi.name)
     for i, node in enumerate(gp.node):
         ctx.node = node
@@ -964,7 +972,9 @@ def _lower_graph(m: _Model, batch: int) -> tuple[Graph, bool]:
             raise _fail(m.path, f"graph output {vo.name!r} is not produced by any node")
         g.outputs.append(ctx.env[vo.name])
     g.remove_dead()
-    return g, symbolic
+    # Graph.at_batch rebinds axis 0 of every input, so a graph that also has an input with a
+    # fixed first axis is imported at ``batch`` but cannot be rebound.
+    return g, symbolic and not fixed
 
 
 def _is_used(gp: onnx.GraphProto, name: str) -> bool:

@@ -51,6 +51,8 @@ class Value:
     """Output index in the producer."""
     const: np.ndarray | None = None
     """The data of a constant (read-only); ``None`` for computed values and inputs."""
+    param: bool = False
+    """A constant that is a model parameter (from an ONNX initializer), i.e. trainable."""
     _uses: list[Use] = field(default_factory=list, repr=False)
 
     @property
@@ -94,7 +96,7 @@ def op_at_batch(op: Op, coef: dict[str, tuple[int, ...]], delta: int) -> Op:
     return dataclasses.replace(op, **changes)
 
 
-def make_const(array: np.ndarray, name: str = "") -> Value:
+def make_const(array: np.ndarray, name: str = "", *, param: bool = False) -> Value:
     """A constant value owning a read-only copy-free view of ``array``."""
     arr = np.asarray(array)
     if not arr.flags.c_contiguous:
@@ -102,7 +104,7 @@ def make_const(array: np.ndarray, name: str = "") -> Value:
     if arr.flags.writeable:
         arr = arr.view()
         arr.flags.writeable = False
-    return Value(TensorType.of(arr), name=name, const=arr)
+    return Value(TensorType.of(arr), name=name, const=arr, param=param)
 
 
 class Graph:
@@ -275,7 +277,7 @@ class Graph:
             if id(v) not in vmap:
                 if v.producer is not None:
                     raise VerifyError(f"value {v.name!r} used before its producer")
-                vmap[id(v)] = Value(v.type, name=v.name, const=v.const)
+                vmap[id(v)] = Value(v.type, name=v.name, const=v.const, param=v.param)
             return vmap[id(v)]
 
         g.inputs = [get(v) for v in self.inputs]

@@ -435,7 +435,7 @@ def _slice(op: O.Slice, a: list[Array]) -> tuple[Array, ...]:
     sel: list[slice] = [slice(None)] * x.ndim
     for s, e, ax, st in zip(op.starts, op.ends, op.axes, op.steps, strict=True):
         r = O.slice_range(x.shape[ax], s, e, st)
-        sel[ax] = slice(r.start, r.stop if r.stop >= 0 else None, r.step)
+        sel[ax] = slice(r.start, r.stop if r.stop >= 0 else None, r.step) if r else slice(0, 0)
     return (np.ascontiguousarray(x[tuple(sel)]),)
 
 

@@ -557,6 +557,8 @@ class Conv(Op):
         x, w = ins[0].shape, ins[1].shape
         if len(w) != len(x):
             raise _fail(self, f"weight rank {len(w)} differs from input rank {len(x)}")
+        if len(x) < 3:
+            raise _fail(self, f"input must have rank >= 3, got {list(x)}")
         if self.group < 1 or x[1] != w[1] * self.group or w[0] % self.group:
             raise _fail(
                 self, f"channels do not fit group={self.group}: input {list(x)}, weight {list(w)}"
@@ -762,6 +764,8 @@ class Reshape(Op):
 
     def infer(self, ins: Sequence[TensorType]) -> tuple[TensorType, ...]:
         self.check_arity(ins)
+        if min(self.shape, default=0) < 0:
+            raise _fail(self, f"target shape {list(self.shape)} has a negative extent")
         out = ins[0].with_shape(self.shape)
         if out.size != ins[0].size:
             raise _fail(self, f"cannot reshape {ins[0]} to {list(self.shape)}")
@@ -830,7 +834,13 @@ class Gather(Op):
 
 def slice_range(dim: int, start: int, end: int, step: int) -> range:
     """The indices ONNX ``Slice`` selects on an axis of extent ``dim``."""
-    return range(*slice(start, end, step).indices(dim))
+    # Not Python's slice.indices: with a negative step ONNX clamps a start below -dim to 0
+    # (the first element), where Python would select nothing.
+    start = start + dim if start < 0 else start
+    end = end + dim if end < 0 else end
+    if step > 0:
+        return range(min(max(start, 0), dim), min(max(end, 0), dim), step)
+    return range(min(max(start, 0), dim - 1), min(max(end, -1), dim - 1), step)
 
 
 @_register
@@ -892,6 +902,8 @@ class Expand(Op):
 
     def infer(self, ins: Sequence[TensorType]) -> tuple[TensorType, ...]:
         self.check_arity(ins)
+        if min(self.shape, default=0) < 0:
+            raise _fail(self, f"target shape {list(self.shape)} has a negative extent")
         return (ins[0].with_shape(broadcast_shapes(self, ins[0].shape, self.shape)),)
 
 
@@ -997,7 +1009,12 @@ class XbarMVM(Op):
         if self.kind != "conv":
             raise _fail(self, f"unknown kind {self.kind!r}")
         kk = math.prod(self.kernel)
-        if len(x) != 2 + len(self.kernel) or x[1] % groups or rows != kk * x[1] // groups:
+        if (
+            len(x) != 2 + len(self.kernel)
+            or groups < 1
+            or x[1] % groups
+            or rows != kk * x[1] // groups
+        ):
             raise _fail(self, f"conv input {list(x)} does not fit weight {list(w)}")
         sp = _conv_like_out(self, x, self.kernel, self.strides, self.pads, self.dilations)
         return (TensorType((x[0], groups * cols, *sp), dtype),)

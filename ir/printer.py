@@ -28,6 +28,8 @@ def format_attr(v: AttrValue) -> str:
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(v, tuple):
         return "[" + ",".join(format_attr(x) for x in v) + "]"
+    if isinstance(v, float) and float(np.float32(v)) == v and np.isfinite(v):
+        return str(np.float32(v))  # shortest form that round-trips the float32 value
     return repr(v)
 
 

@@ -61,7 +61,7 @@ def verify(g: Graph) -> None:
         for use in v.uses:
             if id(use.node) not in seen_nodes:
                 raise VerifyError(f"value {v.name!r} lists a use by a node outside the graph")
-            if use.node.inputs[use.index] is not v:
+            if use.index >= len(use.node.inputs) or use.node.inputs[use.index] is not v:
                 raise VerifyError(f"value {v.name!r}: stale use by {_where(use.node)}")
     for node in g.nodes:
         for i, v in enumerate(node.inputs):
