@@ -180,7 +180,7 @@ def _gelu(op: O.Gelu, a: list[Array]) -> tuple[Array, ...]:
     x = a[0]
     if op.approximate == "tanh":
         c = math.sqrt(2 / math.pi)
-        y = 0.5 * x * (1 + np.tanh(c * (x + 0.044715 * x**3)))
+        y = 0.5 * x * (1 + np.tanh(c * (x + 0.044715 * (x * x * x))))
     else:
         y = 0.5 * x * (1 + special.erf(x / math.sqrt(2)))
     return (y.astype(x.dtype, copy=False),)
@@ -307,7 +307,7 @@ def _bn(op: O.BatchNorm, a: list[Array]) -> tuple[Array, ...]:
 @kernel(O.LayerNorm)
 def _ln(op: O.LayerNorm, a: list[Array]) -> tuple[Array, ...]:
     x = a[0]
-    axes = tuple(range(op.axis, x.ndim))
+    axes = tuple(range(op.axis % x.ndim, x.ndim))
     mean = x.mean(axis=axes, keepdims=True)
     d = x - mean
     var = (d * d).mean(axis=axes, keepdims=True)
@@ -412,7 +412,7 @@ def _reshape(op: O.Reshape, a: list[Array]) -> tuple[Array, ...]:
 
 @kernel(O.Transpose)
 def _transpose(op: O.Transpose, a: list[Array]) -> tuple[Array, ...]:
-    return (np.ascontiguousarray(a[0].transpose(op.perm)),)
+    return (a[0].transpose(op.perm).copy(),)
 
 
 @kernel(O.Concat)

@@ -604,8 +604,9 @@ class LayerNorm(Op):
         self.check_arity(ins)
         x = ins[0]
         _need_float(self, x)
-        _axis(self, self.axis, x.rank)
-        norm = x.shape[self.axis :]
+        if not -x.rank <= self.axis < x.rank:
+            raise _fail(self, f"axis {self.axis} out of range for rank {x.rank}")
+        norm = x.shape[self.axis % x.rank :]
         for t in ins[1:]:
             if broadcast_shapes(self, norm, t.shape) != norm:
                 raise _fail(self, f"parameter {t} does not broadcast to {list(norm)}")
@@ -623,7 +624,8 @@ class Softmax(Op):
     def infer(self, ins: Sequence[TensorType]) -> tuple[TensorType, ...]:
         self.check_arity(ins)
         _need_float(self, ins[0])
-        _axis(self, self.axis, ins[0].rank)
+        if not -ins[0].rank <= self.axis < ins[0].rank:
+            raise _fail(self, f"axis {self.axis} out of range for rank {ins[0].rank}")
         return (ins[0],)
 
 
