@@ -563,7 +563,7 @@ BAD_INFER: list[tuple[O.Op, list[TensorType]]] = [
     (O.LayerNorm(axis=3), [t(2, 3, 4), t(4)]),
     (O.LayerNorm(axis=2), [t(2, 3, 4), t(3)]),
     (O.Softmax(axis=2), [t(2, 3)]),
-    (O.Softmax(axis=-1), [t(2, 3)]),
+    (O.Softmax(axis=-3), [t(2, 3)]),
     (O.ReduceMean(axes=(3,)), [t(2, 3)]),
     (O.ReduceSum(axes=(1, 0)), [t(2, 3)]),
     (O.MaxPool(kernel=(3, 3), strides=(1, 1)), [t(1, 1, 2, 2)]),
