@@ -17,6 +17,12 @@ extensions = [
         extra_compile_args=["-O3", *openmp],
         extra_link_args=openmp,
     ),
+    Extension(
+        "xbarc.runtime._update",
+        ["runtime/_update.pyx"],
+        extra_compile_args=["-O3", *openmp],
+        extra_link_args=openmp,
+    ),
 ]
 
 setup(

@@ -33,8 +33,9 @@ def fold_constants(g: Graph, node: Node) -> bool:
     if not node.inputs or not all(v.is_const for v in node.inputs):
         return False
     arrays = interp.eval_node(node, [v.const for v in node.inputs])  # type: ignore[misc]
+    param = any(v.param for v in node.inputs)
     for v, a in zip(node.outputs, arrays, strict=True):
-        g.replace_all_uses(v, make_const(a, v.name or node.name))
+        g.replace_all_uses(v, make_const(a, v.name or node.name, param=param))
     g.remove(node)
     return True
 
@@ -82,8 +83,8 @@ def fold_batch_norm(g: Graph, node: Node) -> bool:
             return False
         w2 = w * k.reshape(1, -1)
     dtype = prod.inputs[1].type.dtype.numpy
-    wv = make_const(w2.astype(dtype), prod.inputs[1].name)
-    bv = make_const((b * k + shift).astype(dtype), f"{node.name}.folded_bias")
+    wv = make_const(w2.astype(dtype), prod.inputs[1].name, param=True)
+    bv = make_const((b * k + shift).astype(dtype), f"{node.name}.folded_bias", param=True)
     new = g.add(prod.op, [prod.inputs[0], wv, bv], prod.name, before=node)
     _replace(g, node, new.outputs[0])
     g.remove(prod)
@@ -103,13 +104,15 @@ def gemm_to_linear(g: Graph, node: Node) -> bool:
     x = node.inputs[0]
     if op.trans_a:
         x = g.add(O.Transpose(perm=(1, 0)), [x], f"{node.name}.trans_a", before=node).outputs[0]
-    ins = [x, make_const(np.ascontiguousarray(w), node.inputs[1].name)]
+    ins = [x, make_const(np.ascontiguousarray(w), node.inputs[1].name, param=node.inputs[1].param)]
     extra: Value | None = None
     if len(node.inputs) == 3:
         c = node.inputs[2]
         n = w.shape[1]
         if c.const is not None and c.const.size == n and c.type.shape[-1:] == (n,):
-            ins.append(make_const(c.const.reshape(n) * c.const.dtype.type(op.beta), c.name))
+            ins.append(
+                make_const(c.const.reshape(n) * c.const.dtype.type(op.beta), c.name, param=c.param)
+            )
         else:
             extra = c
             if op.beta != 1.0:
@@ -151,7 +154,7 @@ def linear_bias(g: Graph, node: Node) -> bool:
             continue
         new = g.add(
             O.Linear(),
-            [p.inputs[0], p.inputs[1], make_const(b.const.reshape(n), b.name)],
+            [p.inputs[0], p.inputs[1], make_const(b.const.reshape(n), b.name, param=b.param)],
             p.name,
             before=node,
         )

@@ -154,8 +154,8 @@ class ChipConfig:
             raise bad("tile", "differential signing needs at least 2 tile columns (use offset)")
         if not 0 <= self.weight_bits <= 32:
             raise bad("weight_bits", f"must be 0..32, got {self.weight_bits}")
-        if self.weight_bits == 1 and self.signing == "differential":
-            raise bad("weight_bits", "differential signing needs at least 2 weight bits")
+        if self.weight_bits == 1:
+            raise bad("weight_bits", "needs at least 2 bits (sign and magnitude), or 0 for analog")
         if not 1 <= self.cell_bits <= 16:
             raise bad("cell_bits", f"must be 1..16, got {self.cell_bits}")
         for name in ("dac_bits", "adc_bits"):
@@ -241,6 +241,9 @@ class ChipConfig:
                 f"{p}: unknown table(s) {sorted(unknown)}; use [chip], [device], [energy]"
             )
         chip = dict(data.get("chip", {}))
+        for table in ("device", "energy"):
+            if table in chip:
+                raise ConfigError(f"{p}: [chip] field {table}: use a [{table}] table instead")
         if "tile" in chip:
             chip["tile_rows"], chip["tile_cols"] = parse_tile(str(chip.pop("tile")))
         chip["device"] = data.get("device", {})

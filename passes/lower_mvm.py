@@ -151,7 +151,8 @@ class LowerToMVM(Pass):
         op = node.op
         if isinstance(op, O.Linear) and node.inputs[1].const is not None:
             w = node.inputs[1].const
-            ins = [node.inputs[0], make_const(w.reshape(1, *w.shape), node.inputs[1].name)]
+            wv = node.inputs[1]
+            ins = [node.inputs[0], make_const(w.reshape(1, *w.shape), wv.name, param=wv.param)]
             ins += node.inputs[2:]
             mvm = O.XbarMVM(layer=_layer_name(node, taken), kind="linear")
             self._swap(g, node, mvm, ins)
@@ -161,7 +162,8 @@ class LowerToMVM(Pass):
             if len(node.inputs) == 3 and node.inputs[2].const is None:
                 return False
             wm = conv_weight_matrix(np.asarray(w), op.group)
-            ins = [node.inputs[0], make_const(wm, node.inputs[1].name), *node.inputs[2:]]
+            wv = node.inputs[1]
+            ins = [node.inputs[0], make_const(wm, wv.name, param=wv.param), *node.inputs[2:]]
             mvm = O.XbarMVM(
                 layer=_layer_name(node, taken),
                 kind="conv",
@@ -196,7 +198,7 @@ class LowerToMVM(Pass):
         rank = x.type.rank
         perm = (*range(rank - 2), rank - 1, rank - 2)
         xt = g.add(O.Transpose(perm=perm), [x], f"{node.name}.xT", before=node).outputs[0]
-        wt = make_const(np.ascontiguousarray(w.const.T)[None], w.name)
+        wt = make_const(np.ascontiguousarray(w.const.T)[None], w.name, param=w.param)
         mvm = O.XbarMVM(layer=_layer_name(node, taken), kind="linear")
         y = g.add(mvm, [xt, wt], node.name, before=node).outputs[0]
         back = g.add(O.Transpose(perm=perm), [y], f"{node.name}.yT", before=node).outputs[0]

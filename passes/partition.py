@@ -16,6 +16,8 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
+
 from xbarc.errors import ConfigError, VerifyError
 from xbarc.ir import ops as O
 from xbarc.ir.core import Graph, Node
@@ -169,13 +171,14 @@ def check_tiles(g: Graph) -> None:
     if g.tile_shape is None:
         raise VerifyError("graph has tiles but no tile shape")
     tr, tc = g.tile_shape
-    cover: dict[tuple[str, int, int], int] = {}
+    cover: dict[tuple[str, int, int], list[Tile]] = {}
     cells: dict[int, list[Tile]] = {}
     for t in g.tiles:
         if t.trow + t.rows > tr or t.tcol + t.cols > tc or min(t.trow, t.tcol) < 0:
             raise VerifyError(f"tile {t.tile}: rectangle of {t.layer!r} exceeds the tile")
-        key = (t.layer, t.group, t.replica)
-        cover[key] = cover.get(key, 0) + t.rows * t.cols
+        if t.rows < 1 or t.cols < 1:
+            raise VerifyError(f"tile {t.tile}: empty rectangle of {t.layer!r}")
+        cover.setdefault((t.layer, t.group, t.replica), []).append(t)
         for o in cells.get(t.tile, []):
             if (
                 t.trow < o.trow + o.rows
@@ -190,10 +193,21 @@ def check_tiles(g: Graph) -> None:
         assert isinstance(n.op, O.XbarMVM)
         for grp in range(geo.groups):
             for rep in range(n.op.replicas):
-                if cover.get((geo.layer, grp, rep)) != geo.rows * geo.phys_cols:
-                    raise VerifyError(
-                        f"layer {geo.layer!r} group {grp} replica {rep} is not covered by tiles"
-                    )
+                where = f"layer {geo.layer!r} group {grp} replica {rep}"
+                seen = np.zeros((geo.rows, geo.phys_cols), np.bool_)
+                for t in cover.pop((geo.layer, grp, rep), []):
+                    inside = t.row0 + t.rows <= geo.rows and t.col0 + t.cols <= geo.phys_cols
+                    if min(t.row0, t.col0) < 0 or not inside:
+                        raise VerifyError(f"tile {t.tile}: {where} rectangle is outside the layer")
+                    part = seen[t.row0 : t.row0 + t.rows, t.col0 : t.col0 + t.cols]
+                    if part.any():
+                        raise VerifyError(f"tile {t.tile}: {where} covers some cells twice")
+                    part[...] = True
+                if not seen.all():
+                    raise VerifyError(f"{where} is not covered by tiles")
+    if cover:
+        layer, grp, rep = min(cover)
+        raise VerifyError(f"tiles refer to {layer!r} group {grp} replica {rep}, not mapped")
     ids = sorted(cells)
     if ids != list(range(len(ids))):
         raise VerifyError("tile ids are not 0..n-1")

@@ -35,6 +35,8 @@ app = typer.Typer(
 )
 err = Console(stderr=True)
 out = Console()
+if not out.is_terminal:  # pipes and files: don't squeeze tables into 80 columns
+    out = Console(width=160)
 _state = {"debug": False}
 
 
@@ -59,12 +61,15 @@ def _root(
 ModelArg = Annotated[str, typer.Argument(help="ONNX file, or the name of a bundled model.")]
 
 
-@app.command("ir")
+@app.command(
+    "ir",
+    help=("Print the IR of an ONNX model.  Example: [bold]xbarc ir models/vit.onnx --batch 2[/]."),
+)
 def ir_cmd(
     model: ModelArg,
     batch: Annotated[int, typer.Option(help="Batch size for a symbolic batch axis.")] = 1,
 ) -> None:
-    """Print the IR of an ONNX model.  Example: [bold]xbarc ir models/vit.onnx --batch 2[/]."""
+    """Print the IR of an ONNX model."""
     from xbarc.frontend import load_onnx
     from xbarc.models import resolve
 
@@ -107,48 +112,89 @@ def _chip_config(config: Path | None, **flags: object) -> ChipConfig:
     return ChipConfig().replace(**given) if given else ChipConfig()
 
 
-@app.command("compile")
+@app.command(
+    "compile",
+    help=(
+        "Map a model onto crossbar tiles.  Example: [bold]xbarc compile models/vit.onnx "
+        "--tile 256x256 -o vit.mapped.bin[/]."
+    ),
+)
 def compile_cmd(
     model: ModelArg,
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="mapped.bin to write.")
     ] = None,
-    tile: Annotated[str | None, typer.Option(help="Tile size ROWSxCOLS [default: 256x256].")] = None,
-    config: Annotated[Path | None, typer.Option(help="Chip TOML ([chip], [device], [energy]).")] = None,
+    tile: Annotated[
+        str | None, typer.Option(help="Tile size ROWSxCOLS [default: 256x256].")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="Chip TOML ([chip], [device], [energy]).")
+    ] = None,
     batch: Annotated[int, typer.Option(help="Batch size the IR is instantiated at.")] = 1,
-    weight_bits: Annotated[int | None, typer.Option(help="Weight bits; 0 = analog [default: 0].")] = None,
-    cell_bits: Annotated[int | None, typer.Option(help="Bits per cell (bit slices) [default: 2].")] = None,
+    weight_bits: Annotated[
+        int | None, typer.Option(help="Weight bits; 0 = analog [default: 0].")
+    ] = None,
+    cell_bits: Annotated[
+        int | None, typer.Option(help="Bits per cell (bit slices) [default: 2].")
+    ] = None,
     signing: Annotated[str | None, typer.Option(help="differential | offset.")] = None,
     weight_scale: Annotated[
         float | None, typer.Option(help="Weight per µS (R_wg); 0 = per layer [default: 0].")
     ] = None,
-    dac_bits: Annotated[int | None, typer.Option(help="Input DAC bits; 0 = ideal [default: 8].")] = None,
-    adc_bits: Annotated[int | None, typer.Option(help="Column ADC bits; 0 = ideal [default: 8].")] = None,
+    dac_bits: Annotated[
+        int | None, typer.Option(help="Input DAC bits; 0 = ideal [default: 8].")
+    ] = None,
+    adc_bits: Annotated[
+        int | None, typer.Option(help="Column ADC bits; 0 = ideal [default: 8].")
+    ] = None,
     input_mode: Annotated[str | None, typer.Option(help="parallel | bit-serial.")] = None,
     pack: Annotated[str | None, typer.Option(help="none | greedy [default: greedy].")] = None,
     replicate: Annotated[int | None, typer.Option(help="Most copies of a hot layer.")] = None,
-    tile_budget: Annotated[int | None, typer.Option(help="Most tiles on the chip (0 = any).")] = None,
-    dump_ir: Annotated[Path | None, typer.Option(help="Write the IR after every pass here.")] = None,
+    tile_budget: Annotated[
+        int | None, typer.Option(help="Most tiles on the chip (0 = any).")
+    ] = None,
+    dump_ir: Annotated[
+        Path | None, typer.Option(help="Write the IR after every pass here.")
+    ] = None,
     plot: Annotated[bool, typer.Option(help="Write a tile-utilisation heatmap PNG.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Map a model onto crossbar tiles.  Example: [bold]xbarc compile models/vit.onnx --tile 256x256 -o vit.mapped.bin[/]."""
+    """Map a model onto crossbar tiles."""
     from xbarc import api
     from xbarc.backend import report
     from xbarc.models import resolve
 
     cfg = _chip_config(
-        config, tile=tile, weight_bits=weight_bits, cell_bits=cell_bits, signing=signing,
-        weight_scale=weight_scale, dac_bits=dac_bits, adc_bits=adc_bits, input_mode=input_mode,
-        pack=pack, replicate=replicate, tile_budget=tile_budget,
+        config,
+        tile=tile,
+        weight_bits=weight_bits,
+        cell_bits=cell_bits,
+        signing=signing,
+        weight_scale=weight_scale,
+        dac_bits=dac_bits,
+        adc_bits=adc_bits,
+        input_mode=input_mode,
+        pack=pack,
+        replicate=replicate,
+        tile_budget=tile_budget,
     )
     with _progress("compile") as hook:
-        res = api.compile_model(resolve(model), cfg, output=output, batch=batch, dump_ir=dump_ir,
-                                verify_each=True, progress=hook)
+        res = api.compile_model(
+            resolve(model),
+            cfg,
+            output=output,
+            batch=batch,
+            dump_ir=dump_ir,
+            verify_each=True,
+            progress=hook,
+        )
     files = [str(p) for p in res.report_files]
     if plot:
-        png = res.output.with_suffix("").with_suffix(".tiles.png") if res.output.suffix == ".bin" \
+        png = (
+            res.output.with_suffix("").with_suffix(".tiles.png")
+            if res.output.suffix == ".bin"
             else Path(f"{res.output}.tiles.png")
+        )
         files.append(str(report.plot(res.report, png)))
     if as_json:
         _print_json({"output": str(res.output), "files": files, **res.report})
@@ -161,10 +207,22 @@ def _show_report(rep: dict[str, object]) -> None:
     from rich.table import Table
 
     t = Table(title=f"tile utilisation: {rep['model']}", title_justify="left")
-    cols = [("layer", "layer"), ("op", "op"), ("logical", "R×C"), ("physical", "R×Cphys"),
-            ("row_tiles", "rt"), ("col_tiles", "ct"), ("replicas", "rep"), ("tiles", "tiles"),
-            ("util_logical", "U log"), ("util_physical", "U phys"), ("mvms", "MVMs"),
-            ("dac", "DAC"), ("adc", "ADC"), ("digital_ops", "dig ops")]
+    cols = [
+        ("layer", "layer"),
+        ("op", "op"),
+        ("logical", "R×C"),
+        ("physical", "R×Cphys"),
+        ("row_tiles", "rt"),
+        ("col_tiles", "ct"),
+        ("replicas", "rep"),
+        ("tiles", "tiles"),
+        ("util_logical", "U log"),
+        ("util_physical", "U phys"),
+        ("mvms", "MVMs"),
+        ("dac", "DAC"),
+        ("adc", "ADC"),
+        ("digital_ops", "dig ops"),
+    ]
     for _, head in cols:
         t.add_column(head, justify="left" if head in ("layer", "op") else "right")
     for row in rep["layers"]:  # type: ignore[attr-defined]
@@ -184,13 +242,19 @@ def _show_report(rep: dict[str, object]) -> None:
     )
 
 
-@app.command("inspect")
+@app.command(
+    "inspect",
+    help=(
+        "Show a mapped.bin's manifest and tile table.  Example: [bold]xbarc inspect "
+        "vit.mapped.bin[/]."
+    ),
+)
 def inspect_cmd(
     mapped: Annotated[Path, typer.Argument(help="A mapped.bin file.")],
     verify: Annotated[bool, typer.Option(help="Check every array's CRC.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """Show a mapped.bin's manifest and tile table.  Example: [bold]xbarc inspect vit.mapped.bin[/]."""
+    """Show a mapped.bin's manifest and tile table."""
     from rich.table import Table
 
     from xbarc.backend import container
@@ -211,9 +275,15 @@ def inspect_cmd(
         "tile_shape": list(p.tile_shape),
         "layers": [lm.to_dict() for lm in p.layers.values()],
         "tile_table": [
-            {"tile": t.tile, "layer": t.layer, "group": t.group, "replica": t.replica,
-             "rows": [t.row0, t.row0 + t.rows], "cols": [t.col0, t.col0 + t.cols],
-             "at": [t.trow, t.tcol]}
+            {
+                "tile": t.tile,
+                "layer": t.layer,
+                "group": t.group,
+                "replica": t.replica,
+                "rows": [t.row0, t.row0 + t.rows],
+                "cols": [t.col0, t.col0 + t.cols],
+                "at": [t.trow, t.tcol],
+            }
             for t in p.graph.tiles
         ],
     }
@@ -221,10 +291,12 @@ def inspect_cmd(
         _print_json(summary)
         return
     src = p.source
-    out.print(f"[bold]{mapped}[/]: {src.get('file', src.get('name'))} "
-              f"(sha256 {src.get('sha256', '?')[:12]}), state {p.state}, "
-              f"{p.n_tiles} tiles of {p.tile_shape[0]}x{p.tile_shape[1]}, "
-              f"config {p.config.hash()[:12]}")
+    out.print(
+        f"[bold]{mapped}[/]: {src.get('file', src.get('name'))} "
+        f"(sha256 {src.get('sha256', '?')[:12]}), state {p.state}, "
+        f"{p.n_tiles} tiles of {p.tile_shape[0]}x{p.tile_shape[1]}, "
+        f"config {p.config.hash()[:12]}"
+    )
     t = Table(title="tile table", title_justify="left")
     for h in ("tile", "layer", "group", "replica", "rows", "cols", "at"):
         t.add_column(h)
@@ -233,13 +305,19 @@ def inspect_cmd(
     out.print(t)
 
 
-@app.command("report")
+@app.command(
+    "report",
+    help=(
+        "Reprint the tile-utilisation report.  Example: [bold]xbarc report "
+        "vit.mapped.bin --plot[/]."
+    ),
+)
 def report_cmd(
     mapped: Annotated[Path, typer.Argument(help="A mapped.bin file (compiled or trained).")],
     plot: Annotated[bool, typer.Option(help="Write heatmap PNGs beside the file.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Reprint the tile-utilisation report.  Example: [bold]xbarc report vit.mapped.bin --plot[/]."""
+    """Reprint the tile-utilisation report."""
     from xbarc.backend import lower as backend
     from xbarc.backend import report
 
@@ -256,9 +334,7 @@ def report_cmd(
         out.print(f"wrote {', '.join(files)}")
 
 
-DataOpt = Annotated[
-    str, typer.Option(help="digits | mnist | fashion-mnist | cifar10 | synthetic.")
-]
+DataOpt = Annotated[str, typer.Option(help="digits | mnist | fashion-mnist | cifar10 | synthetic.")]
 DataDirOpt = Annotated[
     Path | None, typer.Option(help="Folder with the data files (default: $XBARC_DATA/<name>).")
 ]
@@ -268,7 +344,13 @@ KernelsOpt = Annotated[
 ThreadsOpt = Annotated[int | None, typer.Option(help="Threads for the kernels [default: all].")]
 
 
-@app.command("eval")
+@app.command(
+    "eval",
+    help=(
+        "Run a mapped model on a test set: accuracy, counters, inference energy.  "
+        "Example: [bold]xbarc eval digits.mapped.bin --data digits[/]."
+    ),
+)
 def eval_cmd(
     mapped: Annotated[Path, typer.Argument(help="A mapped.bin file.")],
     data: DataOpt = "digits",
@@ -281,13 +363,22 @@ def eval_cmd(
     kernels: KernelsOpt = "cython",
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Run a mapped model on a test set: accuracy, counters, inference energy.  Example: [bold]xbarc eval digits.mapped.bin --data digits[/]."""
+    """Run a mapped model on a test set: accuracy, counters, inference energy."""
     from xbarc import api
 
     with _progress("eval") as hook:
-        res = api.evaluate(mapped, data, data_dir=data_dir, ideal=ideal, seed=seed,
-                           threads=threads, kernels=kernels, limit=limit, batch=batch,
-                           progress=hook)
+        res = api.evaluate(
+            mapped,
+            data,
+            data_dir=data_dir,
+            ideal=ideal,
+            seed=seed,
+            threads=threads,
+            kernels=kernels,
+            limit=limit,
+            batch=batch,
+            progress=hook,
+        )
     if as_json:
         _print_json(res)
         return
@@ -336,12 +427,21 @@ def _constants_table(rows: list[tuple[str, ...]]) -> None:
     out.print(t)
 
 
-@app.command("train")
+@app.command(
+    "train",
+    help=(
+        "Train a mapped model on-chip with EaPU or a baseline rule.  Example: "
+        "[bold]xbarc train digits.mapped.bin --data digits --rule eapu --epochs 10 -o "
+        "digits.trained.bin[/]."
+    ),
+)
 def train_cmd(
     mapped: Annotated[Path, typer.Argument(help="A mapped.bin file (compiled or trained).")],
     data: DataOpt = "digits",
     data_dir: DataDirOpt = None,
-    rule: Annotated[str | None, typer.Option(help="eapu | bp | pulse | mixed | float [eapu].")] = None,
+    rule: Annotated[
+        str | None, typer.Option(help="eapu | bp | pulse | mixed | float [eapu].")
+    ] = None,
     optimizer: Annotated[str | None, typer.Option(help="adam | sgd [adam].")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate [1e-3].")] = None,
     momentum: Annotated[float | None, typer.Option(help="SGD momentum [0.9].")] = None,
@@ -349,15 +449,21 @@ def train_cmd(
     batch: Annotated[int | None, typer.Option(help="Batch size [64].")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of every random choice [0].")] = None,
     schedule: Annotated[str | None, typer.Option(help="constant | step | cosine.")] = None,
-    step_size: Annotated[int | None, typer.Option(help="Epochs per step of the step schedule.")] = None,
+    step_size: Annotated[
+        int | None, typer.Option(help="Epochs per step of the step schedule.")
+    ] = None,
     gamma: Annotated[float | None, typer.Option(help="Factor of the step schedule [0.1].")] = None,
     clip: Annotated[float | None, typer.Option(help="EaPU threshold c in µS [2.0].")] = None,
     write_noise: Annotated[
         float | None, typer.Option(help="Write noise σ in µS [default: the chip's, 2 µS].")
     ] = None,
-    limit: Annotated[int | None, typer.Option(help="Use only the first N train/test samples.")] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="Use only the first N train/test samples.")
+    ] = None,
     config: Annotated[Path | None, typer.Option(help="TOML file with a [train] table.")] = None,
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="Trained mapped.bin.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Trained mapped.bin.")
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from <output>.ckpt.")] = False,
     compare: Annotated[
         str, typer.Option(help="Also train these rules on the same tiles, e.g. bp,pulse.")
@@ -366,18 +472,28 @@ def train_cmd(
     kernels: KernelsOpt = "cython",
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Train a mapped model on-chip with EaPU or a baseline rule.  Example: [bold]xbarc train digits.mapped.bin --data digits --rule eapu --epochs 10 -o digits.trained.bin[/]."""
+    """Train a mapped model on-chip with EaPU or a baseline rule."""
     from xbarc import api
     from xbarc.runtime.train import TrainConfig
 
     opts: dict[str, object] = {}
     if config is not None:
         opts.update(_toml_table(config, "train"))
-    for name, value in (("rule", rule), ("optimizer", optimizer), ("lr", lr),
-                        ("momentum", momentum), ("epochs", epochs), ("batch", batch),
-                        ("seed", seed), ("schedule", schedule), ("step_size", step_size),
-                        ("gamma", gamma), ("clip", clip), ("limit", limit),
-                        ("write_noise", write_noise)):
+    for name, value in (
+        ("rule", rule),
+        ("optimizer", optimizer),
+        ("lr", lr),
+        ("momentum", momentum),
+        ("epochs", epochs),
+        ("batch", batch),
+        ("seed", seed),
+        ("schedule", schedule),
+        ("step_size", step_size),
+        ("gamma", gamma),
+        ("clip", clip),
+        ("limit", limit),
+        ("write_noise", write_noise),
+    ):
         if value is not None:
             opts[name] = value
     cfg = TrainConfig.from_mapping(opts)
@@ -388,9 +504,17 @@ def train_cmd(
         rcfg = TrainConfig.from_mapping({**opts, "rule": r})
         target = output if i == 0 else _with_rule(output or Path(mapped.name), r)
         with _train_progress(f"train {r}", rcfg.epochs) as hook:
-            res = api.train(mapped, data, rcfg, output=target, data_dir=data_dir,
-                            threads=threads, kernels=kernels, resume=resume and i == 0,
-                            progress=hook)
+            res = api.train(
+                mapped,
+                data,
+                rcfg,
+                output=target,
+                data_dir=data_dir,
+                threads=threads,
+                kernels=kernels,
+                resume=resume and i == 0,
+                progress=hook,
+            )
         results.append(res)
     if as_json:
         _print_json(results[0] if len(results) == 1 else {"runs": results})
@@ -430,14 +554,17 @@ def _train_progress(label: str, epochs: int) -> Iterator[Callable[[dict[str, obj
     with Progress(
         TextColumn("[bold]{task.fields[label]}[/] epoch {task.fields[epoch]}/" + str(epochs)),
         BarColumn(),
-        TextColumn("loss {task.fields[loss]} acc {task.fields[acc]} "
-                   "writes {task.fields[writes]} energy {task.fields[energy]}"),
+        TextColumn(
+            "loss {task.fields[loss]} acc {task.fields[acc]} "
+            "writes {task.fields[writes]} energy {task.fields[energy]}"
+        ),
         TimeElapsedColumn(),
         console=err,
         transient=True,
     ) as bar:
-        task = bar.add_task("", total=1.0, label=label, epoch=1, loss="-", acc="-", writes=0,
-                            energy="-")
+        task = bar.add_task(
+            "", total=1.0, label=label, epoch=1, loss="-", acc="-", writes=0, energy="-"
+        )
         writes = 0
         energy = 0.0
 
@@ -451,9 +578,13 @@ def _train_progress(label: str, epochs: int) -> Iterator[Callable[[dict[str, obj
                 return
             seen, total = int(info["seen"]), int(info["total"])  # type: ignore[call-overload]
             ep = int(info["epoch"])  # type: ignore[call-overload]
-            bar.update(task, completed=(ep + seen / max(total, 1)) / max(epochs, 1), epoch=ep + 1,
-                       loss=f"{float(info['loss']):.4f}",  # type: ignore[arg-type]
-                       acc=f"{float(info['acc']):.2%}")  # type: ignore[arg-type]
+            bar.update(
+                task,
+                completed=(ep + seen / max(total, 1)) / max(epochs, 1),
+                epoch=ep + 1,
+                loss=f"{float(info['loss']):.4f}",  # type: ignore[arg-type]
+                acc=f"{float(info['acc']):.2%}",
+            )  # type: ignore[arg-type]
 
         yield hook
 
@@ -469,22 +600,48 @@ def _show_train(res: dict[str, object]) -> None:
 
     cfg = res["config"]
     assert isinstance(cfg, dict)
-    t = Table(title=f"train {cfg['rule']} ({cfg['optimizer']}, lr {cfg['lr']}) on "
-                    f"{res['data']}", title_justify="left")
-    for h in ("epoch", "loss", "train acc", "test acc", "requested", "applied", "skipped",
-              "pulses", "max writes/device", "energy"):
+    t = Table(
+        title=f"train {cfg['rule']} ({cfg['optimizer']}, lr {cfg['lr']}) on {res['data']}",
+        title_justify="left",
+    )
+    for h in (
+        "epoch",
+        "loss",
+        "train acc",
+        "test acc",
+        "requested",
+        "applied",
+        "skipped",
+        "pulses",
+        "max writes/device",
+        "energy",
+    ):
         t.add_column(h, justify="right")
     for h in res["history"]:  # type: ignore[attr-defined]
-        t.add_row(str(h["epoch"] + 1), f"{h['loss']:.4f}", f"{h['train_acc']:.2%}",
-                  f"{h['test_acc']:.2%}", f"{h['requested']:,}", f"{h['applied']:,}",
-                  f"{h['skipped']:,}", f"{h['pulses']:,}", f"{h['max_writes']:,}",
-                  _fmt_j(h["energy_j"]))
+        t.add_row(
+            str(h["epoch"] + 1),
+            f"{h['loss']:.4f}",
+            f"{h['train_acc']:.2%}",
+            f"{h['test_acc']:.2%}",
+            f"{h['requested']:,}",
+            f"{h['applied']:,}",
+            f"{h['skipped']:,}",
+            f"{h['pulses']:,}",
+            f"{h['max_writes']:,}",
+            _fmt_j(h["energy_j"]),
+        )
     out.print(t)
     cnt = res["tile_counters"]
     assert isinstance(cnt, dict)
     tt = Table(title="per-tile update counters (this run)", title_justify="left")
-    fields = ("updates_requested", "updates_applied", "updates_skipped", "write_pulses",
-              "mvm", "mvm_t")
+    fields = (
+        "updates_requested",
+        "updates_applied",
+        "updates_skipped",
+        "write_pulses",
+        "mvm",
+        "mvm_t",
+    )
     tt.add_column("tile", justify="right")
     for f in fields:
         tt.add_column(f.replace("updates_", ""), justify="right")
@@ -494,8 +651,9 @@ def _show_train(res: dict[str, object]) -> None:
     tt.add_column("endurance left", justify="right")
     for k in range(len(cnt["mvm"])):
         pt = wear["per_tile"][k]
-        tt.add_row(str(k), *(f"{cnt[f][k]:,}" for f in fields), f"{pt['max']:,}",
-                   f"{pt['remaining']:.4%}")
+        tt.add_row(
+            str(k), *(f"{cnt[f][k]:,}" for f in fields), f"{pt['max']:,}", f"{pt['remaining']:.4%}"
+        )
     out.print(tt)
     energy = res["energy"]
     assert isinstance(energy, dict)
@@ -504,12 +662,19 @@ def _show_train(res: dict[str, object]) -> None:
     out.print(
         f"wear: max {wear['max']:,} writes/device (p99 {wear['p99']:.1f}, mean "
         f"{wear['mean']:.2f}); endurance {wear['endurance']:.0e} cycles"
-        + (f" → ~{wear['epochs_to_endurance']:.3g} epochs of this training"
-           if wear["epochs_to_endurance"] else "")
+        + (
+            f" → ~{wear['epochs_to_endurance']:.3g} epochs of this training"
+            if wear["epochs_to_endurance"]
+            else ""
+        )
     )
-    out.print("constants: " + "; ".join(
-        f"{c['name']} = {c['value']:.4g} {c['unit']} ({c['node']}, {c['source']})"
-        for c in energy["constants_used"]))
+    out.print(
+        "constants: "
+        + "; ".join(
+            f"{c['name']} = {c['value']:.4g} {c['unit']} ({c['node']}, {c['source']})"
+            for c in energy["constants_used"]
+        )
+    )
     out.print(f"wrote [bold]{res['output']}[/] and {', '.join(res['files'])}")  # type: ignore[arg-type]
 
 
@@ -533,8 +698,15 @@ def _show_comparison(results: list[dict[str, object]]) -> None:
 
     base = next((r for r in results if r["config"]["rule"] == "bp"), None)  # type: ignore[index]
     t = Table(title="rules on the same tiles", title_justify="left")
-    for h in ("rule", "test acc", "write pulses", "writes vs bp", "max writes/device",
-              "train energy", "energy vs bp"):
+    for h in (
+        "rule",
+        "test acc",
+        "write pulses",
+        "writes vs bp",
+        "max writes/device",
+        "train energy",
+        "energy vs bp",
+    ):
         t.add_column(h, justify="right")
     for r in results:
         pulses = sum(h["pulses"] for h in r["history"])  # type: ignore[attr-defined]
@@ -546,8 +718,15 @@ def _show_comparison(results: list[dict[str, object]]) -> None:
             er = f"{bp_energy / energy:.1f}× lower" if energy else "-"
         else:
             wr = er = "-"
-        t.add_row(str(r["config"]["rule"]), f"{r['final_test_acc']:.2%}", f"{pulses:,}",  # type: ignore[index]
-                  wr, f"{r['wear']['max']:,}", _fmt_j(energy), er)  # type: ignore[index]
+        t.add_row(
+            str(r["config"]["rule"]),
+            f"{r['final_test_acc']:.2%}",
+            f"{pulses:,}",  # type: ignore[index]
+            wr,
+            f"{r['wear']['max']:,}",
+            _fmt_j(energy),
+            er,
+        )  # type: ignore[index]
     out.print(t)
 
 

@@ -1,0 +1,574 @@
+"""NumPy twins of the Cython kernels in ``_kernels.pyx``: the readable definition of each kernel.
+
+Every function here has the same name, signature and argument checks as its compiled twin (the
+``n_threads`` arguments are accepted and ignored, ``work`` is used only as scratch), so a caller
+or a test can swap one module for the other. The property tests in ``tests/test_kernels.py``
+check that the two agree. Nothing here calls the compiled module.
+
+Conventions shared with the compiled module:
+
+* Arrays are C-contiguous float32 (native byte order); outputs are passed in and overwritten.
+* Scalars that the compiled module receives as C ``float`` (``x_range``, ``read_sigma``) are
+  rounded to float32 first, exactly as the Cython argument conversion does.
+* Quantisation divides in float64, rounds half to even (``np.rint``), clips, multiplies back in
+  float64 and rounds to float32; ``quantize`` is bit-identical to the compiled kernel.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+from numpy.typing import NDArray
+
+F32 = NDArray[np.float32]
+
+COMPILED = False
+"""``False`` here; ``_kernels.COMPILED`` is ``True``."""
+
+OPENMP = False
+"""The twins are single-threaded."""
+
+
+def n_threads_default() -> int:
+    """Thread count the twins use (always 1; they ignore ``n_threads``)."""
+    return 1
+
+
+# --------------------------------------------------------------------------- argument checks
+
+
+def _describe(a: object) -> str:
+    dtype = getattr(a, "dtype", None)
+    shape = getattr(a, "shape", None)
+    if dtype is None or shape is None:
+        return type(a).__name__
+    return f"{type(a).__name__} of dtype {dtype}, shape {tuple(shape)}"
+
+
+def _array(fn: str, name: str, a: object, ndim: int, *, writable: bool = False) -> F32:
+    """``a`` itself if it is a C-contiguous native float32 array of rank ``ndim``; else raise."""
+    if (
+        isinstance(a, np.ndarray)
+        and a.dtype == np.dtype(np.float32)
+        and a.ndim == ndim
+        and a.flags.c_contiguous
+        and (a.flags.writeable or not writable)
+    ):
+        return a
+    what = "a writable" if writable else "a"
+    dims = "dimension" if ndim == 1 else "dimensions"
+    raise ValueError(
+        f"{fn}: {name} must be {what} C-contiguous float32 array with {ndim} {dims}; "
+        f"got {_describe(a)}"
+    )
+
+
+def _expect(fn: str, name: str, got: tuple[int, ...], want: tuple[int, ...]) -> None:
+    if got != want:
+        raise ValueError(f"{fn}: {name} has shape {got}, expected {want}")
+
+
+def _disjoint(fn: str, outs: Mapping[str, F32], ins: Mapping[str, F32]) -> None:
+    items = list(outs.items())
+    for i, (na, a) in enumerate(items):
+        for nb, b in [*items[i + 1 :], *ins.items()]:
+            if np.may_share_memory(a, b):
+                raise ValueError(f"{fn}: {na} and {nb} overlap in memory; pass separate buffers")
+
+
+def _positive(fn: str, name: str, v: int) -> None:
+    if v < 1:
+        raise ValueError(f"{fn}: {name} must be >= 1, got {v}")
+
+
+def _check_bits(fn: str, name: str, bits: int, signed: bool) -> None:
+    lo = 2 if signed else 1
+    if bits != 0 and not lo <= bits <= 32:
+        raise ValueError(f"{fn}: {name} must be 0 (off) or in [{lo}, 32], got {bits}")
+
+
+def out_size(n: int, k: int, stride: int, pad0: int, pad1: int, dilation: int) -> int:
+    """Number of sliding-window positions along one axis (0 if the kernel does not fit).
+
+    Args:
+        n: Input extent.
+        k: Kernel extent.
+        stride: Step between windows.
+        pad0: Zero padding before the input.
+        pad1: Zero padding after the input.
+        dilation: Spacing of kernel taps.
+
+    Returns:
+        ``max(0, (n + pad0 + pad1 - dilation*(k-1) - 1) // stride + 1)``.
+    """
+    span = n + pad0 + pad1 - dilation * (k - 1) - 1
+    return 0 if span < 0 else span // stride + 1
+
+
+def _check_window(
+    fn: str, kh: int, kw: int, sh: int, sw: int, pads: tuple[int, ...], dh: int, dw: int
+) -> None:
+    for name, v in (("kh", kh), ("kw", kw), ("sh", sh), ("sw", sw), ("dh", dh), ("dw", dw)):
+        _positive(fn, name, v)
+    for name, v in zip(("ph0", "pw0", "ph1", "pw1"), pads, strict=True):
+        if v < 0:
+            raise ValueError(f"{fn}: {name} must be >= 0, got {v}")
+
+
+def _taps(i: int, dilation: int, stride: int, n_out: int) -> slice:
+    """Padded-input positions of kernel tap ``i`` for the ``n_out >= 1`` windows of one axis."""
+    start = i * dilation
+    return slice(start, start + stride * (n_out - 1) + 1, stride)
+
+
+def _to_f32(v: float) -> float:
+    """``v`` rounded to float32, as a C ``float`` argument of the compiled twin receives it."""
+    return float(np.float32(v))
+
+
+# --------------------------------------------------------------------------- im2col / col2im
+
+
+def im2col(
+    x: F32,
+    kh: int,
+    kw: int,
+    sh: int,
+    sw: int,
+    ph0: int,
+    pw0: int,
+    ph1: int,
+    pw1: int,
+    dh: int,
+    dw: int,
+    out: F32,
+    n_threads: int = 1,
+) -> None:
+    """Unfold the sliding windows of ``x`` into the rows of ``out``.
+
+    Row ``(n*Ho + oh)*Wo + ow``, column ``(c*kh + i)*kw + j`` of ``out`` receives
+    ``x[n, c, oh*sh - ph0 + i*dh, ow*sw - pw0 + j*dw]``, or 0 where that falls in the padding.
+
+    Args:
+        x: Input ``[N, C, H, W]``.
+        kh: Kernel height.
+        kw: Kernel width.
+        sh: Vertical stride.
+        sw: Horizontal stride.
+        ph0: Padding above.
+        pw0: Padding on the left.
+        ph1: Padding below.
+        pw1: Padding on the right.
+        dh: Vertical dilation.
+        dw: Horizontal dilation.
+        out: Output ``[N*Ho*Wo, C*kh*kw]`` (see :func:`out_size`), overwritten.
+        n_threads: Ignored.
+
+    Raises:
+        ValueError: On a wrong dtype, rank, contiguity or shape, or invalid window parameters.
+    """
+    fn = "im2col"
+    x = _array(fn, "x", x, 4)
+    out = _array(fn, "out", out, 2, writable=True)
+    _check_window(fn, kh, kw, sh, sw, (ph0, pw0, ph1, pw1), dh, dw)
+    _positive(fn, "n_threads", n_threads)
+    n, c, h, w = x.shape
+    ho, wo = out_size(h, kh, sh, ph0, ph1, dh), out_size(w, kw, sw, pw0, pw1, dw)
+    _expect(fn, "out", out.shape, (n * ho * wo, c * kh * kw))
+    _disjoint(fn, {"out": out}, {"x": x})
+    if out.size == 0:
+        return
+    xp = np.zeros((n, c, h + ph0 + ph1, w + pw0 + pw1), np.float32)
+    xp[:, :, ph0 : ph0 + h, pw0 : pw0 + w] = x
+    view = out.reshape(n, ho, wo, c, kh, kw)
+    for i in range(kh):
+        for j in range(kw):
+            # tap (i, j) of every window: a strided slice of the padded input, [N, C, Ho, Wo]
+            tap = xp[:, :, _taps(i, dh, sh, ho), _taps(j, dw, sw, wo)]
+            view[:, :, :, :, i, j] = tap.transpose(0, 2, 3, 1)
+
+
+def col2im(
+    cols: F32,
+    N: int,  # noqa: N803 (the names of the spec and of the compiled twin)
+    C: int,  # noqa: N803 (the names of the spec and of the compiled twin)
+    H: int,  # noqa: N803 (the names of the spec and of the compiled twin)
+    W: int,  # noqa: N803 (the names of the spec and of the compiled twin)
+    kh: int,
+    kw: int,
+    sh: int,
+    sw: int,
+    ph0: int,
+    pw0: int,
+    ph1: int,
+    pw1: int,
+    dh: int,
+    dw: int,
+    out: F32,
+    n_threads: int = 1,
+) -> None:
+    """Adjoint of :func:`im2col`: sum every entry of ``cols`` back into the position it came from.
+
+    Args:
+        cols: Columns ``[N*Ho*Wo, C*kh*kw]`` laid out as :func:`im2col` writes them.
+        N: Batch size.
+        C: Channels.
+        H: Input height.
+        W: Input width.
+        kh: Kernel height.
+        kw: Kernel width.
+        sh: Vertical stride.
+        sw: Horizontal stride.
+        ph0: Padding above.
+        pw0: Padding on the left.
+        ph1: Padding below.
+        pw1: Padding on the right.
+        dh: Vertical dilation.
+        dw: Horizontal dilation.
+        out: Output ``[N, C, H, W]``, overwritten; entries from the padding are dropped.
+        n_threads: Ignored.
+
+    Raises:
+        ValueError: On a wrong dtype, rank, contiguity or shape, or invalid window parameters.
+    """
+    fn = "col2im"
+    cols = _array(fn, "cols", cols, 2)
+    out = _array(fn, "out", out, 4, writable=True)
+    _check_window(fn, kh, kw, sh, sw, (ph0, pw0, ph1, pw1), dh, dw)
+    _positive(fn, "n_threads", n_threads)
+    for name, v in (("N", N), ("C", C), ("H", H), ("W", W)):
+        if v < 0:
+            raise ValueError(f"{fn}: {name} must be >= 0, got {v}")
+    ho, wo = out_size(H, kh, sh, ph0, ph1, dh), out_size(W, kw, sw, pw0, pw1, dw)
+    _expect(fn, "cols", cols.shape, (N * ho * wo, C * kh * kw))
+    _expect(fn, "out", out.shape, (N, C, H, W))
+    _disjoint(fn, {"out": out}, {"cols": cols})
+    xp = np.zeros((N, C, H + ph0 + ph1, W + pw0 + pw1), np.float32)
+    if cols.size:
+        view = cols.reshape(N, ho, wo, C, kh, kw)
+        for i in range(kh):
+            for j in range(kw):
+                tap = view[:, :, :, :, i, j].transpose(0, 3, 1, 2)
+                xp[:, :, _taps(i, dh, sh, ho), _taps(j, dw, sw, wo)] += tap
+    out[...] = xp[:, :, ph0 : ph0 + H, pw0 : pw0 + W]
+
+
+# --------------------------------------------------------------------------- quantisation
+
+
+def quantized(v: F32, bits: int, x_range: float, signed: bool) -> F32:
+    """A quantised copy of ``v`` (``bits > 0``; ``x_range`` already a float32 value).
+
+    Args:
+        v: Values to quantise.
+        bits: Resolution; ``L = 2**(bits-1) - 1`` levels per sign if ``signed``, else
+            ``L = 2**bits - 1`` levels.
+        x_range: Full scale; ``step = x_range / L``.
+        signed: Clip to ``[-L, L]`` steps if true, else to ``[0, L]``.
+
+    Returns:
+        ``clip(rint(v / step), lo, L) * step`` as float32 (division and product in float64,
+        ties rounded to even).
+    """
+    levels = 2.0 ** (bits - 1) - 1.0 if signed else 2.0**bits - 1.0
+    step = x_range / levels
+    q = np.clip(np.rint(v.astype(np.float64) / step), -levels if signed else 0.0, levels)
+    return (q * step).astype(np.float32)
+
+
+def quantize(x: F32, bits: int, x_range: float, signed: bool, n_threads: int = 1) -> None:
+    """Quantise ``x`` in place (see :func:`quantized`); ``bits == 0`` leaves it unchanged.
+
+    Args:
+        x: 1-D C-contiguous float32 array (pass ``arr.reshape(-1)`` for any rank).
+        bits: 0 (off) or the resolution (at least 2 if ``signed``), at most 32.
+        x_range: Positive, finite full scale (rounded to float32 first).
+        signed: Symmetric signed levels, or unsigned levels from 0.
+        n_threads: Ignored.
+
+    Raises:
+        ValueError: On a wrong array, ``bits`` out of range or a bad ``x_range``.
+    """
+    fn = "quantize"
+    x = _array(fn, "x", x, 1, writable=True)
+    _positive(fn, "n_threads", n_threads)
+    if bits < 0:
+        raise ValueError(f"{fn}: bits must be >= 0, got {bits}")
+    if bits == 0:
+        return
+    _check_bits(fn, "bits", bits, signed)
+    xr = _to_f32(x_range)
+    if not 0 < xr < math.inf:
+        raise ValueError(f"{fn}: x_range must be positive and finite, got {xr}")
+    x[...] = quantized(x, bits, xr, signed)
+
+
+# --------------------------------------------------------------------------- tiled MVM
+
+
+def _check_mvm(
+    fn: str, adc_bits: int, adc_range: F32, read_sigma: float, nb: int, s: int, n_threads: int
+) -> None:
+    _positive(fn, "n_threads", n_threads)
+    if adc_bits < 0:
+        raise ValueError(f"{fn}: adc_bits must be >= 0, got {adc_bits}")
+    _check_bits(fn, "adc_bits", adc_bits, True)
+    if not 0 <= read_sigma < math.inf:
+        raise ValueError(f"{fn}: read_sigma must be >= 0 and finite, got {read_sigma}")
+    if adc_bits > 0:
+        _expect(fn, "adc_range", adc_range.shape, (nb, s))
+        for (i, j), v in np.ndenumerate(adc_range):
+            if not 0 < v < math.inf:
+                raise ValueError(
+                    f"{fn}: adc_range[{i}, {j}] = {v}; ADC ranges must be positive and finite"
+                )
+
+
+def mvm_forward(
+    x: F32,
+    g: F32,
+    slice_w: F32,
+    row_block: int,
+    adc_bits: int,
+    adc_range: F32,
+    read_sigma: float,
+    g_rms: F32,
+    noise: F32,
+    work: F32,
+    out: F32,
+    n_threads: int = 1,
+) -> None:
+    """Tiled crossbar MVM: per row block and slice, a product, read noise, the ADC, a weighted sum.
+
+    ``out = sum_r sum_s slice_w[s] * ADC(x[:, rows_r] @ g[s, rows_r]
+    + read_sigma * ||x[:, rows_r]|| * g_rms[r, s] * noise[r, s])``, where ``rows_r`` is row
+    block ``r`` (``row_block`` rows; the last one may be shorter) and the norm is per batch row.
+
+    Args:
+        x: Inputs ``[B, R]`` (already DAC-quantised).
+        g: Conductance differences ``[S, R, C]`` per bit slice (µS).
+        slice_w: Weight per µS of each slice ``[S]``.
+        row_block: Rows per physical tile, at least 1; ``nr = ceil(R / row_block)``.
+        adc_bits: ADC resolution (signed); 0 means an ideal ADC.
+        adc_range: ADC full scale ``[nr, S]``; read only if ``adc_bits > 0``.
+        read_sigma: Relative read noise, at least 0 (rounded to float32).
+        g_rms: Rms conductance ``[nr, S, C]`` of each column in each row block; read only if
+            ``read_sigma > 0`` (else it may be empty).
+        noise: Standard-normal draws ``[nr, S, B, C]``; read only if ``read_sigma > 0``.
+        work: Scratch ``[B, C]``.
+        out: Output ``[B, C]``, overwritten.
+        n_threads: Ignored.
+
+    Raises:
+        ValueError: On a wrong array or an invalid scalar argument.
+    """
+    fn = "mvm_forward"
+    x = _array(fn, "x", x, 2)
+    g = _array(fn, "g", g, 3)
+    slice_w = _array(fn, "slice_w", slice_w, 1)
+    adc_range = _array(fn, "adc_range", adc_range, 2)
+    g_rms = _array(fn, "g_rms", g_rms, 3)
+    noise = _array(fn, "noise", noise, 4)
+    work = _array(fn, "work", work, 2, writable=True)
+    out = _array(fn, "out", out, 2, writable=True)
+    b, r = x.shape
+    s, c = g.shape[0], g.shape[2]
+    _expect(fn, "g", g.shape, (s, r, c))
+    _expect(fn, "slice_w", slice_w.shape, (s,))
+    if row_block < 1:
+        raise ValueError(f"{fn}: row_block must be >= 1, got {row_block}")
+    nr = -(-r // row_block)
+    sigma = np.float32(read_sigma)
+    _check_mvm(fn, adc_bits, adc_range, float(sigma), nr, s, n_threads)
+    if sigma > 0:
+        _expect(fn, "g_rms", g_rms.shape, (nr, s, c))
+        _expect(fn, "noise", noise.shape, (nr, s, b, c))
+    _expect(fn, "work", work.shape, (b, c))
+    _expect(fn, "out", out.shape, (b, c))
+    _disjoint(
+        fn,
+        {"out": out, "work": work},
+        {
+            "x": x,
+            "g": g,
+            "slice_w": slice_w,
+            "adc_range": adc_range,
+            "g_rms": g_rms,
+            "noise": noise,
+        },
+    )
+    out[...] = 0
+    for blk in range(nr):
+        rows = slice(blk * row_block, min(r, (blk + 1) * row_block))
+        xb = x[:, rows]
+        xn = np.sqrt(np.sum(xb * xb, axis=1))
+        for si in range(s):
+            p = np.matmul(xb, g[si, rows, :], out=work)
+            if sigma > 0:
+                p = p + sigma * xn[:, None] * g_rms[blk, si][None, :] * noise[blk, si]
+            if adc_bits > 0:
+                p = quantized(p, adc_bits, float(adc_range[blk, si]), signed=True)
+            out += slice_w[si] * p
+
+
+def mvm_backward(
+    dy: F32,
+    g: F32,
+    slice_w: F32,
+    col_block: int,
+    adc_bits: int,
+    adc_range: F32,
+    read_sigma: float,
+    g_rms_t: F32,
+    noise: F32,
+    work: F32,
+    out: F32,
+    n_threads: int = 1,
+) -> None:
+    """Transposed tiled MVM: inputs on the columns, outputs read on the rows, per column block.
+
+    ``out = sum_c sum_s slice_w[s] * ADC(dy[:, cols_c] @ g[s][:, cols_c].T
+    + read_sigma * ||dy[:, cols_c]|| * g_rms_t[c, s] * noise[c, s])``.
+
+    Args:
+        dy: Errors ``[B, C]``.
+        g: Conductance differences ``[S, R, C]`` per bit slice (µS).
+        slice_w: Weight per µS of each slice ``[S]``.
+        col_block: Logical columns per tile, at least 1; ``nc = ceil(C / col_block)``.
+        adc_bits: ADC resolution (signed); 0 means an ideal ADC.
+        adc_range: ADC full scale ``[nc, S]``; read only if ``adc_bits > 0``.
+        read_sigma: Relative read noise, at least 0 (rounded to float32).
+        g_rms_t: Rms conductance ``[nc, S, R]`` of each row in each column block; read only if
+            ``read_sigma > 0`` (else it may be empty).
+        noise: Standard-normal draws ``[nc, S, B, R]``; read only if ``read_sigma > 0``.
+        work: Scratch ``[B, R]``.
+        out: Output ``[B, R]``, overwritten.
+        n_threads: Ignored.
+
+    Raises:
+        ValueError: On a wrong array or an invalid scalar argument.
+    """
+    fn = "mvm_backward"
+    dy = _array(fn, "dy", dy, 2)
+    g = _array(fn, "g", g, 3)
+    slice_w = _array(fn, "slice_w", slice_w, 1)
+    adc_range = _array(fn, "adc_range", adc_range, 2)
+    g_rms_t = _array(fn, "g_rms_t", g_rms_t, 3)
+    noise = _array(fn, "noise", noise, 4)
+    work = _array(fn, "work", work, 2, writable=True)
+    out = _array(fn, "out", out, 2, writable=True)
+    b, c = dy.shape
+    s, r = g.shape[0], g.shape[1]
+    _expect(fn, "g", g.shape, (s, r, c))
+    _expect(fn, "slice_w", slice_w.shape, (s,))
+    if col_block < 1:
+        raise ValueError(f"{fn}: col_block must be >= 1, got {col_block}")
+    nc = -(-c // col_block)
+    sigma = np.float32(read_sigma)
+    _check_mvm(fn, adc_bits, adc_range, float(sigma), nc, s, n_threads)
+    if sigma > 0:
+        _expect(fn, "g_rms_t", g_rms_t.shape, (nc, s, r))
+        _expect(fn, "noise", noise.shape, (nc, s, b, r))
+    _expect(fn, "work", work.shape, (b, r))
+    _expect(fn, "out", out.shape, (b, r))
+    _disjoint(
+        fn,
+        {"out": out, "work": work},
+        {
+            "dy": dy,
+            "g": g,
+            "slice_w": slice_w,
+            "adc_range": adc_range,
+            "g_rms_t": g_rms_t,
+            "noise": noise,
+        },
+    )
+    out[...] = 0
+    for blk in range(nc):
+        cols = slice(blk * col_block, min(c, (blk + 1) * col_block))
+        db = dy[:, cols]
+        dn = np.sqrt(np.sum(db * db, axis=1))
+        for si in range(s):
+            p = np.matmul(db, g[si][:, cols].T, out=work)
+            if sigma > 0:
+                p = p + sigma * dn[:, None] * g_rms_t[blk, si][None, :] * noise[blk, si]
+            if adc_bits > 0:
+                p = quantized(p, adc_bits, float(adc_range[blk, si]), signed=True)
+            out += slice_w[si] * p
+
+
+# --------------------------------------------------------------------------- rms conductance
+
+
+def _pair_squares(fn: str, gp: F32, gn: F32) -> NDArray[np.float64]:
+    """``gp**2 + gn**2`` in float64 (``gn`` may be an empty ``(0, 0, 0)`` array: no pair)."""
+    gp = _array(fn, "gp", gp, 3)
+    gn = _array(fn, "gn", gn, 3)
+    sq = np.square(gp, dtype=np.float64)
+    if gn.shape != (0, 0, 0):
+        _expect(fn, "gn", gn.shape, gp.shape)
+        sq += np.square(gn, dtype=np.float64)
+    return sq
+
+
+def rms_columns(gp: F32, gn: F32, row_block: int, out: F32, n_threads: int = 1) -> None:
+    """Rms conductance of each column within each row block: ``[nr, S, C]``.
+
+    ``out[r, s, c] = sqrt(mean over the rows i of block r of gp[s, i, c]**2 + gn[s, i, c]**2)``,
+    summed in float64.
+
+    Args:
+        gp: First conductance of each differential pair ``[S, R, C]``.
+        gn: Second conductance ``[S, R, C]``, or an empty ``(0, 0, 0)`` array (one device per
+            weight).
+        row_block: Rows per tile, at least 1; ``nr = ceil(R / row_block)``.
+        out: Output ``[nr, S, C]``, overwritten.
+        n_threads: Ignored.
+
+    Raises:
+        ValueError: On a wrong array or ``row_block < 1``.
+    """
+    fn = "rms_columns"
+    sq = _pair_squares(fn, gp, gn)
+    out = _array(fn, "out", out, 3, writable=True)
+    _positive(fn, "row_block", row_block)
+    _positive(fn, "n_threads", n_threads)
+    s, r, c = sq.shape
+    nr = -(-r // row_block)
+    _expect(fn, "out", out.shape, (nr, s, c))
+    _disjoint(fn, {"out": out}, {"gp": gp, "gn": gn})
+    for blk in range(nr):
+        rows = slice(blk * row_block, min(r, (blk + 1) * row_block))
+        out[blk] = np.sqrt(sq[:, rows, :].mean(axis=1))
+
+
+def rms_rows(gp: F32, gn: F32, col_block: int, out: F32, n_threads: int = 1) -> None:
+    """Rms conductance of each row within each column block: ``[nc, S, R]``.
+
+    ``out[c, s, i] = sqrt(mean over the columns j of block c of gp[s, i, j]**2 + gn[s, i, j]**2)``,
+    summed in float64.
+
+    Args:
+        gp: First conductance of each differential pair ``[S, R, C]``.
+        gn: Second conductance ``[S, R, C]``, or an empty ``(0, 0, 0)`` array.
+        col_block: Logical columns per tile, at least 1; ``nc = ceil(C / col_block)``.
+        out: Output ``[nc, S, R]``, overwritten.
+        n_threads: Ignored.
+
+    Raises:
+        ValueError: On a wrong array or ``col_block < 1``.
+    """
+    fn = "rms_rows"
+    sq = _pair_squares(fn, gp, gn)
+    out = _array(fn, "out", out, 3, writable=True)
+    _positive(fn, "col_block", col_block)
+    _positive(fn, "n_threads", n_threads)
+    s, r, c = sq.shape
+    nc = -(-c // col_block)
+    _expect(fn, "out", out.shape, (nc, s, r))
+    _disjoint(fn, {"out": out}, {"gp": gp, "gn": gn})
+    for blk in range(nc):
+        cols = slice(blk * col_block, min(c, (blk + 1) * col_block))
+        out[blk] = np.sqrt(sq[:, :, cols].mean(axis=2))
