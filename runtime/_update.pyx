@@ -15,9 +15,10 @@ Design
   step. Uniform ``i`` uses counter ``3i``; the two normals of a write use ``3i+1``, ``3i+2``
   (Box–Muller). Draws happen only where needed (weights with a nonzero update; written weights).
 * Threading: ``prange`` over rows; a thread owns whole rows, so counters need no atomics.
-* Conductance writes on a differential pair: a positive change raises G+ when G+ has at least
-  as much headroom up as G- has down, else lowers G-; negative changes mirror this. The
-  written device is clipped to [g_min, g_max] when ``bounded``.
+* Conductance writes on a differential pair: a positive change lowers G- when G- is at least
+  that far above g_min, else raises G+; a negative change lowers G+ when it can, else raises
+  G-. One device of each pair so stays near g_min (no common-mode drift). The written device
+  is clipped to [g_min, g_max] when ``bounded``.
 """
 
 from cython.parallel import prange
@@ -70,14 +71,16 @@ cdef inline void _write(float* gp, float* gn, int32_t* wp, int32_t* wn, Py_ssize
         gp[i] = <float>_clip(gp[i] + d, gmin, gmax, bounded)
         wp[i] += npulses
         return
-    # d > 0: raise G+ (room gmax - G+) or lower G- (room G- - gmin);
-    # d < 0: lower G+ (room G+ - gmin) or raise G- (room gmax - G-).
-    if (d >= 0 and gmax - gp[i] >= gn[i] - gmin) or (d < 0 and gp[i] - gmin >= gmax - gn[i]):
-        gp[i] = <float>_clip(gp[i] + d, gmin, gmax, bounded)
-        wp[i] += npulses
-    else:
+    # Keep the pair canonical (one device near g_min): a change first lowers the device that
+    # opposes it when that device has the room (d > 0 lowers G-, d < 0 lowers G+), else it
+    # raises the other one. Raising the "wrong" device instead would ratchet both devices up
+    # to g_max (common-mode drift) and freeze the weight.
+    if (d >= 0 and gn[i] - gmin >= d) or (d < 0 and gp[i] - gmin < -d):
         gn[i] = <float>_clip(gn[i] - d, gmin, gmax, bounded)
         wn[i] += npulses
+    else:
+        gp[i] = <float>_clip(gp[i] + d, gmin, gmax, bounded)
+        wp[i] += npulses
 
 
 def _check(name, Py_ssize_t got, Py_ssize_t want):

@@ -81,6 +81,15 @@ class Layer:
         return 2
 
 
+def _peak(a: Array, percentile: float) -> float:
+    """The ``percentile``-th percentile of ``|a|`` (the maximum for 100)."""
+    if a.size == 0:
+        return 0.0
+    if percentile >= 100:
+        return float(np.abs(a).max())
+    return float(np.percentile(np.abs(a), percentile))
+
+
 def _positions_split(total: int, parts: int) -> list[int]:
     base, extra = divmod(total, parts)
     return [base + (1 if r < extra else 0) for r in range(parts)]
@@ -545,9 +554,8 @@ class Engine:
             if not isinstance(node.op, O.XbarMVM):
                 continue
             layer = self.layers[node.op.layer]
-            allx = np.concatenate([xg.reshape(-1) for xg in xs])
-            layer.dac_range = max(float(np.percentile(np.abs(allx), percentile)), 1e-12)
-            layer.dac_signed = bool((allx < 0).any())
+            layer.dac_range = max(max(_peak(xg, percentile) for xg in xs), 1e-12)
+            layer.dac_signed = any(bool((xg < 0).any()) for xg in xs)
             layer.adc_range = self._adc_ranges(layer, xs, percentile)
         # Read-noise needs rms; refresh in case it was off before.
         for layer in self.layers.values():
@@ -566,6 +574,5 @@ class Engine:
                 rows = slice(b * self.tile_rows, min(r, (b + 1) * self.tile_rows))
                 for si in range(s):
                     part = xq[:, rows] @ layer.gdiff[gi, si, rows]
-                    peak = float(np.percentile(np.abs(part), percentile)) if part.size else 0.0
-                    out[gi, b, si] = max(peak, 1e-12)
+                    out[gi, b, si] = max(_peak(part, percentile), 1e-12)
         return out

@@ -43,6 +43,8 @@ Array = np.ndarray[Any, Any]
 
 RULES = ("eapu", "bp", "pulse", "mixed", "float")
 OPTIMIZERS = ("sgd", "adam")
+RECAL_EVERY = 5
+"""Steps between re-calibrations of the converter ranges while training."""
 _RULE_CODE = {"float": 0, "bp": 1, "eapu": 2, "mixed": 3}
 
 
@@ -555,6 +557,10 @@ class Trainer:
         for i, (xb, yb) in enumerate(
             batches(d.x_train, d.y_train, self.cfg.batch, shuffle=True, rng=rng)
         ):
+            if i % RECAL_EVERY == 0 and not self.engine.ideal:
+                self.engine.calibrate(xb)
+                for layer in self.engine.layers.values():
+                    layer.adc_range_t = np.zeros((0, 0, 0), np.float32)
             loss, ok = self.step(xb, yb, epoch=epoch, index=i)
             loss_sum += loss * xb.shape[0]
             correct += ok

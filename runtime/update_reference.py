@@ -73,7 +73,8 @@ def _write(
         wp[idx] += pulses.astype(np.int32)
         return
     p, n = gp[idx].astype(np.float64), gn[idx].astype(np.float64)
-    on_p = ((d >= 0) & (gmax - p >= n - gmin)) | ((d < 0) & (p - gmin >= gmax - n))
+    on_n = ((d >= 0) & (n - gmin >= d)) | ((d < 0) & (p - gmin < -d))
+    on_p = ~on_n
     ip, ineg = idx[on_p], idx[~on_p]
     gp[ip] = clip(p[on_p] + d[on_p]).astype(np.float32)
     wp[ip] += pulses[on_p].astype(np.int32)
