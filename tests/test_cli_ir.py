@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -36,9 +37,11 @@ def run_cli(
 
 def run_subprocess(args: list[str]) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    # Not from the repository root: there ``python -m xbarc`` would find the source folder
+    # ``xbarc/`` (without its mapped subpackages) before the installed package.
     return subprocess.run(
         [sys.executable, "-m", "xbarc", *args],
-        cwd=REPO,
+        cwd=tempfile.gettempdir(),
         capture_output=True,
         text=True,
         timeout=120,
@@ -94,7 +97,7 @@ def test_help_lists_commands_with_examples(
 
 
 def test_subprocess_ir_vit() -> None:
-    proc = run_subprocess(["ir", "models/vit.onnx"])
+    proc = run_subprocess(["ir", str(MODELS / "vit.onnx")])
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == str(load_onnx(MODELS / "vit.onnx"))
     assert "Traceback" not in proc.stderr
