@@ -107,6 +107,7 @@ def plan_layer(
     d = 2 if signing == "differential" else 1
     scale = cfg.weight_scale
     step = 0.0
+    slice_w: tuple[float, ...]
     if weight_bits == 0:
         if signing == "differential":
             k = scale or (wmax / window if wmax > 0 else 1.0 / window)
@@ -230,7 +231,7 @@ def join_planes(gp: np.ndarray, gn: np.ndarray | None, lm: LayerMap) -> np.ndarr
 def effective_weights(gp: np.ndarray, gn: np.ndarray | None, lm: LayerMap) -> np.ndarray:
     """Weights the conductances represent: ``[G, R, C]`` (float64), offset included."""
     gd = gp.astype(np.float64) if gn is None else gp.astype(np.float64) - gn
-    w = np.einsum("s,gsrc->grc", np.asarray(lm.slice_w, np.float64), gd)
+    w: np.ndarray = np.einsum("s,gsrc->grc", np.asarray(lm.slice_w, np.float64), gd)
     return w - lm.offset
 
 

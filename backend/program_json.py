@@ -183,11 +183,28 @@ def _from_json(
     g.outputs = [env[int(i)] for i in d["outputs"]]
     ts = d.get("tile_shape")
     g.tile_shape = None if ts is None else (int(ts[0]), int(ts[1]))
-    g.tiles = [
-        Tile(*(_cast(f, x) for f, x in zip(TILE_FIELDS, t, strict=True))) for t in d["tiles"]
-    ]
+    g.tiles = [_tile(t) for t in d["tiles"]]
     g.verify()
     return g
+
+
+def _tile(rec: object) -> Tile:
+    if not isinstance(rec, list) or len(rec) != len(TILE_FIELDS):
+        raise FormatError(f"malformed tile record {rec!r}")
+    ints = [_cast(f, x) for f, x in zip(TILE_FIELDS, rec, strict=True)]
+    return Tile(
+        tile=int(ints[0]),
+        layer=str(ints[1]),
+        group=int(ints[2]),
+        replica=int(ints[3]),
+        row0=int(ints[4]),
+        col0=int(ints[5]),
+        rows=int(ints[6]),
+        cols=int(ints[7]),
+        trow=int(ints[8]),
+        tcol=int(ints[9]),
+        device=str(ints[10]),
+    )
 
 
 def _cast(field: str, x: object) -> int | str:

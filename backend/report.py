@@ -167,14 +167,14 @@ def digital_stats(p: Program) -> list[dict[str, Any]]:
     """Per digital node: op, MACs and element ops per inference."""
     rows = []
     for n in p.graph.nodes:
-        p = n.placement
-        if p is not None and p.unit == "digital" and (p.macs or p.elem_ops):
+        pl = n.placement
+        if pl is not None and pl.unit == "digital" and (pl.macs or pl.elem_ops):
             rows.append(
                 {
                     "node": n.name,
                     "op": n.op.NAME,
-                    "macs": n.placement.macs,
-                    "elem_ops": n.placement.elem_ops,
+                    "macs": pl.macs,
+                    "elem_ops": pl.elem_ops,
                 }
             )
     return rows

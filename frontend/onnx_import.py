@@ -43,7 +43,7 @@ FOLD_LIMIT = 4096
 """Nodes whose inputs are all constant fold at import when the result is at most this many
 elements (shape arithmetic); larger constant expressions are left to ``canonicalize``."""
 
-_ONNX_DTYPES = {
+_ONNX_DTYPES: dict[int, DType] = {
     onnx.TensorProto.FLOAT: DType.F32,
     onnx.TensorProto.DOUBLE: DType.F64,
     onnx.TensorProto.FLOAT16: DType.F16,
@@ -992,10 +992,14 @@ def _batch_coefficients(path: str, g0: Graph, g1: Graph) -> None:
             v1 = getattr(n1.op, k)
             if v0 == v1:
                 continue
-            ok = isinstance(v0, tuple) and isinstance(v1, tuple) and len(v0) == len(v1)
-            if not ok or not all(isinstance(a, int) for a in (*v0, *v1)):  # type: ignore[union-attr]
+            if not (
+                isinstance(v0, tuple)
+                and isinstance(v1, tuple)
+                and len(v0) == len(v1)
+                and all(isinstance(a, int) for a in (*v0, *v1))
+            ):
                 raise _fail(path, f"node {n0.name!r}: attribute {k} depends on the batch size")
-            n0.batch_coef[k] = tuple(int(b) - int(a) for a, b in zip(v0, v1, strict=True))  # type: ignore[arg-type]
+            n0.batch_coef[k] = tuple(int(b) - int(a) for a, b in zip(v0, v1, strict=True))
         for a, b in zip(n0.inputs, n1.inputs, strict=True):
             if a.is_const != b.is_const:
                 raise _fail(path, f"node {n0.name!r}: an operand depends on the batch size")

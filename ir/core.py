@@ -25,7 +25,7 @@ class Use(NamedTuple):
     """Operand ``index`` of ``node`` reads the value."""
 
     node: Node
-    index: int
+    index: int  # type: ignore[assignment]  # the operand index, shadowing tuple.index
 
 
 @dataclass(frozen=True, slots=True)

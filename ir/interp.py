@@ -336,7 +336,12 @@ def _logsoftmax(op: O.LogSoftmax, a: list[Array]) -> tuple[Array, ...]:
 
 @kernel(O.ReduceMean, O.ReduceSum, O.ReduceMax)
 def _reduce(op: O.Reduce, a: list[Array]) -> tuple[Array, ...]:
-    fn = {O.ReduceMean: np.mean, O.ReduceSum: np.sum, O.ReduceMax: np.max}[type(op)]
+    fns: dict[type[O.Op], Callable[..., Any]] = {
+        O.ReduceMean: np.mean,
+        O.ReduceSum: np.sum,
+        O.ReduceMax: np.max,
+    }
+    fn = fns[type(op)]
     x = a[0]
     return (np.asarray(fn(x, axis=op.axes, keepdims=op.keepdims)).astype(x.dtype, copy=False),)
 
@@ -460,7 +465,8 @@ def _pad(op: O.Pad, a: list[Array]) -> tuple[Array, ...]:
     widths = [(max(0, op.pads[i]), max(0, op.pads[i + r])) for i in range(r)]
     if op.mode == "constant":
         return (np.pad(x, widths, constant_values=op.value),)
-    return (np.pad(x, widths, mode=op.mode),)
+    mode: Any = op.mode
+    return (np.pad(x, widths, mode=mode),)
 
 
 @kernel(O.Fill)

@@ -61,8 +61,8 @@ def print_graph(g: Graph, *, const_values: int = 8) -> str:
     lines.append("  return " + ", ".join(name(v) for v in g.outputs))
     lines.append("}")
     if g.tiles and g.tile_shape is not None:
-        r, c = g.tile_shape
-        lines.append(f"tiles {r}x{c}:")
+        tr, tc = g.tile_shape
+        lines.append(f"tiles {tr}x{tc}:")
         for t in g.tiles:
             lines.append(
                 f"  tile {t.tile}: {t.layer} g{t.group} rep{t.replica} "

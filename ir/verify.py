@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from xbarc.errors import VerifyError
+from xbarc.ir.core import Use
 from xbarc.ir.ops import XbarMVM
 
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ def verify(g: Graph) -> None:
                 raise VerifyError(f"value {v.name!r}: stale use by {_where(use.node)}")
     for node in g.nodes:
         for i, v in enumerate(node.inputs):
-            if v.uses.count((node, i)) != 1:
+            if v.uses.count(Use(node, i)) != 1:
                 raise VerifyError(f"{_where(node)}: operand {i} missing from {v.name!r}'s uses")
     if g.tiles:
         layers = {n.op.layer for n in g.nodes if isinstance(n.op, XbarMVM)}

@@ -48,7 +48,7 @@ def _bn_scale_shift(bn: Node) -> tuple[np.ndarray, np.ndarray] | None:
     params = [v.const for v in bn.inputs[1:]]
     if any(p is None for p in params):
         return None
-    scale, beta, mean, var = (np.asarray(p, np.float64) for p in params)  # type: ignore[arg-type]
+    scale, beta, mean, var = (np.asarray(p, np.float64) for p in params)
     assert isinstance(bn.op, O.BatchNorm)
     k = scale / np.sqrt(var + bn.op.epsilon)
     return k, beta - mean * k

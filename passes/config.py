@@ -160,8 +160,8 @@ class ChipConfig:
             raise bad("cell_bits", f"must be 1..16, got {self.cell_bits}")
         for name in ("dac_bits", "adc_bits"):
             v = getattr(self, name)
-            if not 0 <= v <= 24:
-                raise bad(name, f"must be 0 (ideal) .. 24, got {v}")
+            if not (v == 0 or 2 <= v <= 24):
+                raise bad(name, f"must be 0 (ideal) or 2..24 (signed converter), got {v}")
         if self.input_mode not in ("parallel", "bit-serial"):
             raise bad("input_mode", f"must be 'parallel' or 'bit-serial', got {self.input_mode!r}")
         if self.pack not in ("none", "greedy"):
@@ -221,9 +221,10 @@ class ChipConfig:
         dev = chip.pop("device", {}) or {}
         if not isinstance(dev, dict):
             raise ConfigError(f"{where}: device must be a table")
-        return _build(
+        cfg: ChipConfig = _build(
             ChipConfig, chip, where, device=_build(DeviceConfig, dev, f"{where} [device]")
         )
+        return cfg
 
     @staticmethod
     def from_toml(path: str | Path, **overrides: Any) -> ChipConfig:

@@ -92,18 +92,21 @@ class Pack(Pass):
         pairs = concurrent_layers(g)
         order = sorted(range(len(g.tiles)), key=lambda i: (-g.tiles[i].rows * g.tiles[i].cols, i))
         bins: list[list[Tile]] = []
+        free: list[int] = []  # unused cells per bin: bins without room are skipped fast
         placed: dict[int, Tile] = {}
         for i in order:
             t = g.tiles[i]
             spot = None
             if t.rows < tr or t.cols < tc:
-                spot = self._find(t, bins, tr, tc, pairs)
+                spot = self._find(t, bins, tr, tc, pairs, free)
             if spot is None:
                 new = dataclasses.replace(t, tile=len(bins), trow=0, tcol=0)
                 bins.append([new])
+                free.append(tr * tc)
             else:
                 new = spot
                 bins[new.tile].append(new)
+            free[new.tile] -= new.rows * new.cols
             placed[i] = new
         new_tiles = [placed[i] for i in range(len(g.tiles))]
         changed = len(bins) != len({t.tile for t in g.tiles}) or new_tiles != g.tiles
@@ -112,9 +115,17 @@ class Pack(Pass):
 
     @staticmethod
     def _find(
-        t: Tile, bins: list[list[Tile]], tr: int, tc: int, pairs: set[frozenset[str]]
+        t: Tile,
+        bins: list[list[Tile]],
+        tr: int,
+        tc: int,
+        pairs: set[frozenset[str]],
+        free: list[int] | None = None,
     ) -> Tile | None:
+        need = t.rows * t.cols
         for k, content in enumerate(bins):
+            if free is not None and free[k] < need:
+                continue  # fewer unused cells than the rectangle has: no spot in this bin
             rows = sorted({0, *(o.trow + o.rows for o in content)})
             cols = sorted({0, *(o.tcol + o.cols for o in content)})
             for r in rows:

@@ -67,7 +67,7 @@ class Replicate(Pass):
             low = min(load.values())
             return {k: min(cap, math.ceil(v / low)) for k, v in load.items()}
         reps = dict.fromkeys(load, 1)
-        heap = [(-v, k) for k, v in load.items()]
+        heap: list[tuple[float, str]] = [(-float(v), k) for k, v in load.items()]
         heapq.heapify(heap)
         while heap:
             _, k = heapq.heappop(heap)
