@@ -402,7 +402,7 @@ def eval_cmd(
         t.add_row(str(k), *(f"{cnt[f][k]:,}" for f in fields))
     out.print(t)
     _energy_table(res["energy_rows"], "inference energy")
-    _constants_table(res["constants"])
+    _constants_table(res["energy"]["constants_used"])
 
 
 def _energy_table(rows: list[tuple[str, ...]], title: str) -> None:
@@ -416,14 +416,17 @@ def _energy_table(rows: list[tuple[str, ...]], title: str) -> None:
     out.print(t)
 
 
-def _constants_table(rows: list[tuple[str, ...]]) -> None:
+def _constants_table(used: list[dict[str, object]]) -> None:
     from rich.table import Table
+
+    from xbarc.runtime.energy import format_value
 
     t = Table(title="energy constants used (value, node, source)", title_justify="left")
     for h in ("constant", "value", "node", "source"):
         t.add_column(h, overflow="fold")
-    for r in rows:
-        t.add_row(*r[:4])
+    for c in used:
+        value = format_value(float(c["value"]), str(c["unit"]))  # type: ignore[arg-type]
+        t.add_row(str(c["name"]), value, str(c["node"]), escape(f"{c['source']} [{c['tag']}]"))
     out.print(t)
 
 
