@@ -68,12 +68,19 @@ ModelArg = Annotated[str, typer.Argument(help="ONNX file, or the name of a bundl
 def ir_cmd(
     model: ModelArg,
     batch: Annotated[int, typer.Option(help="Batch size for a symbolic batch axis.")] = 1,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the graph as JSON (ops, attributes, types).")
+    ] = False,
 ) -> None:
     """Print the IR of an ONNX model."""
+    from xbarc.backend.program_json import graph_to_json
     from xbarc.frontend import load_onnx
     from xbarc.models import resolve
 
     g = load_onnx(resolve(model), batch=batch)
+    if as_json:
+        _print_json(graph_to_json(g, lambda v: v.name or "const"))
+        return
     sys.stdout.write(str(g))
 
 
@@ -330,8 +337,42 @@ def report_cmd(
         _print_json({**rep, "files": files})
         return
     _show_report(rep)
+    if "training" in rep:
+        _show_training(rep["training"])  # type: ignore[arg-type]
     if files:
         out.print(f"wrote {', '.join(files)}")
+
+
+def _show_training(tr: dict[str, object]) -> None:
+    """Per-tile update counts over all training runs, writes per device, endurance left."""
+    from rich.table import Table
+
+    runs = tr["runs"]
+    assert isinstance(runs, list)
+    t = Table(
+        title=f"training: {len(runs)} run(s) "
+        + ", ".join(f"{r['rule']} × {r['epochs']} epochs" for r in runs),
+        title_justify="left",
+    )
+    heads = ("tile", "requested", "applied", "skipped", "pulses", "max writes", "mean writes")
+    for h in (*heads, "endurance left"):
+        t.add_column(h, justify="right")
+    for row in tr["per_tile"]:  # type: ignore[attr-defined]
+        t.add_row(
+            str(row["tile"]),
+            f"{row['updates_requested']:,}",
+            f"{row['updates_applied']:,}",
+            f"{row['updates_skipped']:,}",
+            f"{row['write_pulses']:,}",
+            f"{row['max_writes']:,}",
+            f"{row['mean_writes']:.2f}",
+            f"{row['endurance_left']:.4%}",
+        )
+    out.print(t)
+    out.print(
+        f"wear: max {tr['max_writes']:,} writes/device (mean {tr['mean_writes']:.2f}); endurance "
+        f"{tr['endurance']:.0e} cycles, {tr['endurance_left']:.4%} left on the most-written device"
+    )
 
 
 DataOpt = Annotated[str, typer.Option(help="digits | mnist | fashion-mnist | cifar10 | synthetic.")]
@@ -502,9 +543,9 @@ def train_cmd(
     cfg = TrainConfig.from_mapping(opts)
     extra = [r.strip() for r in compare.split(",") if r.strip() and r.strip() != cfg.rule]
     rules = [cfg.rule, *extra]
+    cfgs = [TrainConfig.from_mapping({**opts, "rule": r}) for r in rules]  # check all first
     results = []
-    for i, r in enumerate(rules):
-        rcfg = TrainConfig.from_mapping({**opts, "rule": r})
+    for i, (r, rcfg) in enumerate(zip(rules, cfgs, strict=True)):
         target = output if i == 0 else _with_rule(output or Path(mapped.name), r)
         with _train_progress(f"train {r}", rcfg.epochs) as hook:
             res = api.train(
