@@ -151,39 +151,63 @@ def plan_layer(
 
 def conductances(w: np.ndarray, lm: LayerMap, cfg: ChipConfig) -> np.ndarray:
     """Target conductances ``phys[G, R, C·slices·D]`` (float32 µS) of weights ``w[G, R, C]``."""
-    w64 = np.asarray(w, np.float64)
-    groups, rows, cols = w64.shape
+    w = np.asarray(w)
+    groups, rows, cols = w.shape
     dev = cfg.device
     window = dev.g_max - dev.g_min
-    planes: list[np.ndarray] = []  # per (slice, polarity), each [G, R, C]
+    # Every (slice, polarity) plane goes straight into the interleaved float32 result
+    # (phys_col = (c*S + s)*D + p): analog planes computed in float64 with in-place steps,
+    # quantised ones looked up from the cell levels. Temporaries of one plane at a time only.
+    out = np.empty((groups, rows, cols, lm.slices * lm.per_weight), np.float32)
     if lm.weight_bits == 0:
         if lm.per_weight == 2:
-            planes = [
-                dev.g_min + np.minimum(np.clip(w64, 0, None) / lm.k, window),
-                dev.g_min + np.minimum(np.clip(-w64, 0, None) / lm.k, window),
-            ]
+            w64 = np.array(w, np.float64)
+            for p in range(2):
+                t = np.maximum(np.negative(w64, out=w64) if p else w64, 0.0)  # (np.clip: slow)
+                t /= lm.k
+                np.minimum(t, window, out=t)
+                t += dev.g_min
+                out[..., p] = t
         else:
-            g = (w64 + lm.k * window / 2) / lm.k
-            planes = [dev.g_min + np.clip(g, 0, window)]
+            t = np.array(w, np.float64)
+            t += lm.k * window / 2
+            t /= lm.k
+            np.maximum(t, 0.0, out=t)
+            np.minimum(t, window, out=t)
+            t += dev.g_min
+            out[..., 0] = t
     else:
         base = 1 << lm.cell_bits
         dg = window / (base - 1)
         half = 1 << (lm.weight_bits - 1)
+        # the 2^b cell levels g_min + d·ΔG (float64, then rounded once), looked up per digit
+        levels = (np.arange(base, dtype=np.float64) * dg + dev.g_min).astype(np.float32)
+        t = np.array(w, np.float64)
         if lm.per_weight == 2:
-            q = np.minimum(np.rint(np.abs(w64) / lm.step), half - 1).astype(np.int64)
-            pos = w64 > 0
+            pos = t > 0
+            np.abs(t, out=t)
+            t /= lm.step
+            np.rint(t, out=t)
+            np.minimum(t, half - 1, out=t)
+            q = t.astype(np.int64)
+            del t
+            sign = pos.astype(np.int64)  # digit d sits on G+ (d·1) or G- (d - d·1); the other: 0
             for s in range(lm.slices):
-                digit = ((q >> (s * lm.cell_bits)) & (base - 1)).astype(np.float64) * dg
-                planes.append(dev.g_min + np.where(pos, digit, 0.0))
-                planes.append(dev.g_min + np.where(pos, 0.0, digit))
+                d = (q >> (s * lm.cell_bits)) & (base - 1)
+                dp = d * sign
+                out[..., 2 * s] = levels[dp]
+                d -= dp
+                out[..., 2 * s + 1] = levels[d]
         else:
-            q = np.clip(np.rint(w64 / lm.step) + half, 0, 2 * half - 1).astype(np.int64)
+            t /= lm.step
+            np.rint(t, out=t)
+            t += half
+            np.clip(t, 0, 2 * half - 1, out=t)
+            q = t.astype(np.int64)
+            del t
             for s in range(lm.slices):
-                digit = ((q >> (s * lm.cell_bits)) & (base - 1)).astype(np.float64)
-                planes.append(dev.g_min + digit * dg)
-    # interleave to phys_col = (c*S + s)*D + p
-    stack = np.stack(planes, axis=-1).reshape(groups, rows, cols, lm.slices * lm.per_weight)
-    return stack.reshape(groups, rows, lm.phys_cols).astype(np.float32)
+                out[..., s] = levels[(q >> (s * lm.cell_bits)) & (base - 1)]
+    return out.reshape(groups, rows, lm.phys_cols)
 
 
 def map_weights(

@@ -160,8 +160,28 @@ def _fill(f: IO[bytes], pos: int, dt: np.dtype[Any], spec: ArraySpec) -> int:
     f.flush()
     view = np.memmap(f, dt, "r+", offset=pos, shape=tuple(spec.shape))
     spec.fill(view)
+    release(view)
+    flat = np.asarray(view).reshape(-1).view(np.uint8)
+    crc = 0
+    for i in range(0, flat.size, _CHUNK):
+        crc = zlib.crc32(flat[i : i + _CHUNK].data, crc)
+        release(view)  # keep resident pages bounded while checksumming
+    return crc  # the mapping closes when its last view goes
+
+
+def release(view: np.ndarray) -> None:
+    """Write back a memory-mapped ``ArraySpec`` view and drop its resident pages.
+
+    A producer filling a huge array layer by layer calls this between layers so the process
+    holds at most one layer's pages (the data stays in the file). No-op for other arrays.
+    """
+    if not isinstance(view, np.memmap):
+        return
     view.flush()
-    return zlib.crc32(view.data)  # the mapping closes when its last view goes
+    mm = getattr(view, "_mmap", None)
+    if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        with suppress(ValueError, OSError):
+            mm.madvise(mmap.MADV_DONTNEED)
 
 
 @dataclass(eq=False)

@@ -35,7 +35,7 @@ from xbarc.backend.program_json import graph_from_json, graph_to_json
 from xbarc.errors import FormatError
 from xbarc.ir import ops as O
 from xbarc.ir.core import Graph, Value
-from xbarc.ir.types import TensorType
+from xbarc.ir.types import TensorType, Tile
 from xbarc.passes.config import ChipConfig
 from xbarc.passes.partition import crossbar_nodes
 
@@ -118,12 +118,17 @@ def lower(g: Graph, cfg: ChipConfig, *, source: str | Path | None = None) -> Pro
 
 def _fill_tiles(p: Program) -> Callable[[np.ndarray], None]:
     def fill(out: np.ndarray) -> None:
-        out[...] = 0.0
+        # The container hands over a region of a pre-sized (zero-filled) file.
+        rects: dict[str, list[Tile]] = {}
+        for t in p.graph.tiles:
+            rects.setdefault(t.layer, []).append(t)
         for n in crossbar_nodes(p.graph):
             op = n.op
             assert isinstance(op, O.XbarMVM) and n.inputs[1].const is not None
             phys = conductances(n.inputs[1].const, p.layers[op.layer], p.config)
-            scatter(phys, [t for t in p.graph.tiles if t.layer == op.layer], out)
+            scatter(phys, rects.get(op.layer, []), out)
+            del phys
+            container.release(out)
 
     return fill
 
@@ -213,7 +218,6 @@ def load(path: str | Path) -> Program:
             raise FormatError(f"{path}: no layer map for crossbar layer {layer!r}")
         lm = layers[layer]
         rects = [tuple(x) for x in program_json["tiles"] if x[1] == layer and x[3] == 0]
-        from xbarc.ir.types import Tile
 
         phys = gather(tiles_g, [Tile(*r) for r in rects], (lm.groups, lm.rows, lm.phys_cols))
         gp, gn = split_planes(phys, lm)

@@ -152,12 +152,12 @@ class PartitionTiles(Pass):
         return True
 
     def _partial_sums(self, n: Node, geo: Geometry) -> None:
-        from xbarc.passes.lower_mvm import mvm_positions
+        from xbarc.passes.lower_mvm import batch_of, mvm_positions
 
         if n.placement is None or n.graph is None:
             return
         row_tiles = geo.blocks(self.rows, self.cols)[0]
-        batch = n.graph.batch or max(1, n.inputs[0].type.shape[0])
+        batch = batch_of(n.graph)  # as cost(): the layer input's axis 0 need not be the batch
         adds = (row_tiles - 1) * geo.cols * geo.groups * mvm_positions(n) // batch
         base = n.outputs[0].type.size // batch if len(n.inputs) == 3 else 0
         n.placement = dataclasses.replace(n.placement, elem_ops=base + adds)
