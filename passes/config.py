@@ -111,7 +111,8 @@ class ChipConfig:
     pack: str = "greedy"
     """``none`` or ``greedy``: share tiles between small matrices."""
     replicate: int = 1
-    """Most copies of any layer (1 = no replication)."""
+    """Most copies of any layer. 1 without a tile budget means no replication; with a
+    ``tile_budget`` and ``replicate = 1`` the budget alone bounds the copies."""
     tile_budget: int = 0
     """Most tiles the chip has; 0 = unlimited. Replication never exceeds it."""
     device: DeviceConfig = field(default_factory=DeviceConfig)
