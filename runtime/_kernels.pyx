@@ -49,7 +49,7 @@ Design
 
 from cython.parallel cimport prange
 from libc.math cimport INFINITY, copysign, ldexp, sqrt
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 from scipy.linalg.cython_blas cimport sgemm
 
 import numpy as np
@@ -279,26 +279,84 @@ cdef void _zero(float* p, Py_ssize_t rows, Py_ssize_t cols, int n_threads) noexc
         memset(p + i * cols, 0, cols * sizeof(float))
 
 
-cdef void _im2col_row(const float* x, float* o, Py_ssize_t row, Py_ssize_t C, Py_ssize_t H,
-                      Py_ssize_t W, Py_ssize_t Ho, Py_ssize_t Wo, int kh, int kw, int sh,
-                      int sw, int ph0, int pw0, int dh, int dw) noexcept nogil:
-    cdef Py_ssize_t n = row // (Ho * Wo)
-    cdef Py_ssize_t oh = (row // Wo) % Ho
-    cdef Py_ssize_t ow = row % Wo
-    cdef Py_ssize_t c, i, j, ih, iw
-    cdef const float* xc
+cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    """``ceil(a / b)`` for ``b >= 1`` and any sign of ``a`` (C division truncates)."""
+    return -((-a) // b) if a < 0 else (a + b - 1) // b
+
+
+cdef void _im2col_strip(const float* x, float* o, Py_ssize_t strip, Py_ssize_t C, Py_ssize_t H,
+                        Py_ssize_t W, Py_ssize_t Ho, Py_ssize_t Wo, int kh, int kw, int sh,
+                        int sw, int ph0, int pw0, int dh, int dw) noexcept nogil:
+    """Rows ``strip*Wo : (strip+1)*Wo`` of ``out`` (output row ``oh`` of image ``n``).
+
+    The ``Wo x K`` block stays in L1. It is filled piece by piece: for each (channel, kernel
+    row), in increasing column order, the ``kw`` taps of every output position, read from one
+    input row. Positions whose taps all lie inside the row (``ow`` in ``[lo, hi)``) need no
+    bounds checks; there, with ``dw == 1``, a piece is copied as whole 16-byte moves (``wide``
+    floats, ``kw <= wide < kw + 4``, all read from the same input row). A move may write up to
+    3 floats past its piece: they belong to a later piece of the same output row, which
+    overwrites them afterwards. The last piece of each row is copied exactly. The padded
+    edges test each tap.
+    """
+    cdef Py_ssize_t n = strip // Ho
+    cdef Py_ssize_t oh = strip % Ho
+    cdef Py_ssize_t K = C * kh * kw
+    cdef Py_ssize_t wide = (kw + 3) // 4 * 4
+    cdef Py_ssize_t c, i, j, q, ih, ow, col, base
+    cdef Py_ssize_t lo = _ceil_div(pw0, sw)
+    cdef Py_ssize_t hi = W - 1 + pw0 - <Py_ssize_t>(kw - 1) * dw
+    cdef Py_ssize_t fhi  # interior positions whose 16-byte moves stay inside the input row
+    cdef const float* xr
+    cdef const float* src
+    cdef float* oc
+    hi = 0 if hi < 0 else hi // sw + 1
+    hi = Wo if hi > Wo else hi
+    lo = hi if lo > hi else lo
+    fhi = W + pw0 - wide
+    fhi = 0 if fhi < 0 else fhi // sw + 1
+    fhi = hi if fhi > hi else fhi
+    fhi = lo if fhi < lo else fhi
+    if dw != 1:
+        fhi = lo
     for c in range(C):
-        xc = x + (n * C + c) * H * W
         for i in range(kh):
+            col = (c * kh + i) * kw
             ih = oh * sh - ph0 + i * dh
             if ih < 0 or ih >= H:
-                memset(o, 0, kw * sizeof(float))
-                o += kw
+                for ow in range(Wo):
+                    memset(o + ow * K + col, 0, kw * sizeof(float))
                 continue
-            for j in range(kw):
-                iw = ow * sw - pw0 + j * dw
-                o[j] = xc[ih * W + iw] if 0 <= iw < W else 0.0
-            o += kw
+            xr = x + ((n * C + c) * H + ih) * W
+            if col + wide <= K:
+                for ow in range(lo, fhi):
+                    oc = o + ow * K + col
+                    src = xr + ow * sw - pw0
+                    for q in range(0, wide, 4):
+                        memcpy(oc + q, src + q, 4 * sizeof(float))
+            else:
+                for ow in range(lo, fhi):
+                    oc = o + ow * K + col
+                    src = xr + ow * sw - pw0
+                    for j in range(kw):
+                        oc[j] = src[j]
+            for ow in range(fhi, hi):
+                oc = o + ow * K + col
+                base = ow * sw - pw0
+                for j in range(kw):
+                    oc[j] = xr[base + j * dw]
+            for ow in range(lo):  # left edge
+                _im2col_edge(xr, o + ow * K + col, ow * sw - pw0, W, kw, dw)
+            for ow in range(hi, Wo):  # right edge
+                _im2col_edge(xr, o + ow * K + col, ow * sw - pw0, W, kw, dw)
+
+
+cdef inline void _im2col_edge(const float* xr, float* oc, Py_ssize_t base, Py_ssize_t W, int kw,
+                              int dw) noexcept nogil:
+    """``kw`` taps starting at input column ``base`` of row ``xr``, 0 outside ``[0, W)``."""
+    cdef Py_ssize_t j, iw
+    for j in range(kw):
+        iw = base + j * dw
+        oc[j] = xr[iw] if 0 <= iw < W else 0.0
 
 
 cdef void _col2im_plane(const float* cols, float* o, Py_ssize_t nc, Py_ssize_t C, Py_ssize_t H,
@@ -536,7 +594,7 @@ def im2col(x, int kh, int kw, int sh, int sw, int ph0, int pw0, int ph1, int pw1
     Row ``(n*Ho + oh)*Wo + ow``, column ``(c*kh + i)*kw + j`` holds
     ``x[n, c, oh*sh - ph0 + i*dh, ow*sw - pw0 + j*dw]``, or 0 in the padding, with
     ``Ho = max(0, (H + ph0 + ph1 - dh*(kh-1) - 1) // sh + 1)`` (same for ``Wo``).
-    Parallel over rows.
+    Parallel over the ``N*Ho`` strips of ``Wo`` rows (one output row of one image each).
     """
     fn = "im2col"
     cdef const float[:, :, :, ::1] xv = _in4(fn, "x", x)  # IN
@@ -546,7 +604,7 @@ def im2col(x, int kh, int kw, int sh, int sw, int ph0, int pw0, int ph1, int pw1
     cdef Py_ssize_t N = xv.shape[0], C = xv.shape[1], H = xv.shape[2], W = xv.shape[3]
     cdef Py_ssize_t Ho = _out_size(H, kh, sh, ph0, ph1, dh)
     cdef Py_ssize_t Wo = _out_size(W, kw, sw, pw0, pw1, dw)
-    cdef Py_ssize_t rows = N * Ho * Wo, K = C * kh * kw, row
+    cdef Py_ssize_t rows = N * Ho * Wo, K = C * kh * kw, strip
     _expect(fn, "out", (ov.shape[0], ov.shape[1]), (rows, K))
     _disjoint(fn, {"out": out}, {"x": x})
     if rows == 0 or K == 0:
@@ -554,9 +612,9 @@ def im2col(x, int kh, int kw, int sh, int sw, int ph0, int pw0, int ph1, int pw1
     cdef const float* xp = &xv[0, 0, 0, 0]
     cdef float* op = &ov[0, 0]
     with nogil:
-        for row in prange(rows, num_threads=n_threads, schedule="static"):
-            _im2col_row(xp, op + row * K, row, C, H, W, Ho, Wo, kh, kw, sh, sw, ph0, pw0, dh,
-                        dw)
+        for strip in prange(N * Ho, num_threads=n_threads, schedule="static"):
+            _im2col_strip(xp, op + strip * Wo * K, strip, C, H, W, Ho, Wo, kh, kw, sh, sw, ph0,
+                          pw0, dh, dw)
 
 
 def col2im(cols, int N, int C, int H, int W, int kh, int kw, int sh, int sw, int ph0, int pw0,

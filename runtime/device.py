@@ -27,10 +27,11 @@ def quantise_levels(g: np.ndarray, dev: DeviceConfig) -> np.ndarray:
 def program(target: np.ndarray, dev: DeviceConfig, rng: np.random.Generator) -> np.ndarray:
     """Device states after programming ``target`` (float32 µS, any shape)."""
     g = quantise_levels(np.asarray(target, np.float32).copy(), dev)
+    level = g.copy() if dev.prog_noise_abs > 0 and dev.prog_noise_rel > 0 else g
     if dev.prog_noise_abs > 0:
         g += rng.standard_normal(g.shape, dtype=np.float32) * np.float32(dev.prog_noise_abs)
-    if dev.prog_noise_rel > 0:
-        g += g * rng.standard_normal(g.shape, dtype=np.float32) * np.float32(dev.prog_noise_rel)
+    if dev.prog_noise_rel > 0:  # relative to the level, not to the level plus absolute noise
+        g += level * rng.standard_normal(g.shape, dtype=np.float32) * np.float32(dev.prog_noise_rel)
     np.clip(g, dev.g_min, dev.g_max, out=g)
     stuck = dev.stuck_at_gmin + dev.stuck_at_gmax
     if stuck > 0:
@@ -46,13 +47,15 @@ def drift_exponents(
     """Per-device drift exponents ν, or None when the device does not drift."""
     if dev.drift_nu == 0 and dev.drift_nu_std == 0:
         return None
-    nu = dev.drift_nu + dev.drift_nu_std * rng.standard_normal(shape, dtype=np.float32)
-    return np.maximum(nu, 0).astype(np.float32)
+    nu: np.ndarray = dev.drift_nu + dev.drift_nu_std * rng.standard_normal(shape, dtype=np.float32)
+    out: np.ndarray = np.maximum(nu, 0).astype(np.float32)
+    return out
 
 
 def drift(g: np.ndarray, nu: np.ndarray | None, dev: DeviceConfig, t: float) -> np.ndarray:
     """Conductances at time ``t`` after programming (unchanged for ``t <= t0`` or no drift)."""
     if nu is None or t <= dev.drift_t0:
         return g
-    factor = np.power(np.float32(t / dev.drift_t0), -nu)
-    return np.maximum(g * factor, np.float32(0)).astype(np.float32)
+    factor: np.ndarray = np.power(np.float32(t / dev.drift_t0), -nu)
+    out: np.ndarray = np.maximum(g * factor, np.float32(0)).astype(np.float32)
+    return out

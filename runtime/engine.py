@@ -4,19 +4,23 @@
 conductances with the device model (``program_weights``) and runs ``forward``. Crossbar layers
 go through the Cython kernels (DAC quantisation, tiled MVM with read noise and per-tile ADC,
 partial sums over row tiles); digital ops run through the NumPy kernels of the reference
-interpreter. Per-tile counters (MVMs, DAC/ADC conversions, cells read) accumulate across calls.
+interpreter (in inference, Erf, Gelu and Softmax through faster float32 kernels of the engine,
+:data:`FAST_DIGITAL`). Per-tile counters (MVMs, DAC/ADC conversions, cells read) accumulate
+across calls.
 
 Ideal mode (``ideal=True``) switches every non-ideality off: float DAC/ADC, no read or
 programming noise, no level quantisation, no stuck devices, no drift. Its outputs then equal
 the reference interpreter's (and onnxruntime's) up to float rounding.
 
 Converter ranges: each layer's DAC full scale and each tile's ADC full scale are calibrated on
-the first batch the engine sees (``calibrate`` runs it through ideal converters and takes the
-largest magnitude), unless the program already carries a calibration.
+the first batch a non-ideal engine sees (``calibrate`` runs it through ideal converters and
+takes the largest magnitude), unless the program already carries a calibration. An ideal
+engine has no converter ranges to set and skips this.
 """
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 from collections.abc import Sequence
@@ -81,6 +85,47 @@ class Layer:
         return 2
 
 
+MALLOC_KEEP = (64 << 20, 512 << 20)
+"""(mmap threshold, trim threshold) in bytes that :func:`keep_freed_memory` sets."""
+_malloc_tuned = False
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc keep freed memory for reuse instead of returning it to the kernel.
+
+    A forward allocates and frees many arrays of megabytes. By default glibc maps each large
+    one afresh (``mmap``) or trims the heap after frees, so every new array costs a page fault
+    per 4 KiB page: 40 % of a ViT's forward at batch 64. Arrays up to 64 MiB then come from
+    the heap, and up to 512 MiB of free heap top is kept (the process's resident size stays
+    near its peak). Called once by the first :class:`Engine`; a no-op without glibc, when the
+    user set ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_``, or when
+    ``XBARC_MALLOC=system``. Returns whether the settings were applied.
+    """
+    global _malloc_tuned
+    if _malloc_tuned:
+        return True
+    env = os.environ
+    if env.get("XBARC_MALLOC") == "system" or any(
+        k in env for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+    ):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mmap_at, trim_at = MALLOC_KEEP
+    _malloc_tuned = bool(mallopt(m_mmap_threshold, mmap_at)) and bool(
+        mallopt(m_trim_threshold, trim_at)
+    )
+    return _malloc_tuned
+
+
+STREAM_BYTES = 1 << 21
+"""Target size of one chunk's im2col matrix in :meth:`Engine._conv_streamed`: about a core's
+L2 cache (1 to 2 MiB measured best for ResNet-8 on a core with 1 MiB of L2)."""
+
+
 def _peak(a: Array, percentile: float) -> float:
     """The ``percentile``-th percentile of ``|a|`` (the maximum for 100)."""
     if a.size == 0:
@@ -88,6 +133,92 @@ def _peak(a: Array, percentile: float) -> float:
     if percentile >= 100:
         return float(np.abs(a).max())
     return float(np.percentile(np.abs(a), percentile))
+
+
+# ---------------------------------------------------------------------- fast digital kernels
+# Float32 kernels for digital ops of a ViT where the reference interpreter's are slow (scipy's
+# erf on float32 took a quarter of the forward), used in inference (no tape). Same results up
+# to float rounding (onnxruntime agreement is tested per model); each allocates its output
+# once, works in place on it, never writes to its inputs, and returns None (fall back to the
+# interpreter) for other dtypes or variants.
+
+_ERF_P = tuple(
+    np.float32(c)
+    for c in (
+        -2.72614225801306e-10,
+        2.77068142495902e-08,
+        -2.10102402082508e-06,
+        -5.69250639462346e-05,
+        -7.34990630326855e-04,
+        -2.95459980854025e-03,
+        -1.60960333262415e-02,
+    )
+)
+_ERF_Q = tuple(
+    np.float32(c)
+    for c in (
+        -1.45660718464996e-05,
+        -2.13374055278905e-04,
+        -1.68282697438203e-03,
+        -7.37332916720468e-03,
+        -1.42647390514189e-02,
+    )
+)
+
+
+def _erf32(x: Array) -> Array:
+    """The error function of float32 ``x``, as a new array.
+
+    The rational approximation Eigen and XLA use for float32 (``x·P(x²)/Q(x²)`` on
+    ``[-4, 4]``, ±1 beyond), within 5e-7 of the exact value; an order of magnitude faster than
+    ``scipy.special.erf`` on float32.
+    """
+    x = np.clip(x, np.float32(-4.0), np.float32(4.0))
+    x2 = x * x
+    p = np.full_like(x, _ERF_P[0])
+    for c in _ERF_P[1:]:
+        p *= x2
+        p += c
+    q = np.full_like(x, _ERF_Q[0])
+    for c in _ERF_Q[1:]:
+        q *= x2
+        q += c
+    p *= x
+    p /= q
+    return p
+
+
+def _fast_erf(op: O.Op, a: list[Array]) -> tuple[Array, ...] | None:
+    return (_erf32(a[0]),) if a[0].dtype == np.float32 else None
+
+
+def _fast_gelu(op: O.Gelu, a: list[Array]) -> tuple[Array, ...] | None:
+    x = a[0]
+    if x.dtype != np.float32 or op.approximate != "none":
+        return None
+    y = _erf32(x * np.float32(1 / math.sqrt(2)))
+    y += np.float32(1.0)
+    y *= x
+    y *= np.float32(0.5)
+    return (y,)
+
+
+def _fast_softmax(op: O.Softmax, a: list[Array]) -> tuple[Array, ...] | None:
+    x = a[0]
+    if x.dtype != np.float32:
+        return None
+    e = np.subtract(x, x.max(axis=op.axis, keepdims=True))
+    np.exp(e, out=e)
+    e /= e.sum(axis=op.axis, keepdims=True)
+    return (e,)
+
+
+FAST_DIGITAL: dict[type[O.Op], Any] = {
+    O.Erf: _fast_erf,
+    O.Gelu: _fast_gelu,
+    O.Softmax: _fast_softmax,
+}
+"""Inference kernels (see above) that replace the interpreter's for these op kinds."""
 
 
 def _positions_split(total: int, parts: int) -> list[int]:
@@ -108,6 +239,7 @@ class Engine:
         kernels: str = "cython",
         t_read: float | None = None,
     ) -> None:
+        keep_freed_memory()
         self.program = program
         self.ideal = ideal
         self.seed = seed
@@ -127,6 +259,7 @@ class Engine:
         self.calibrated = False
         self.rng = np.random.default_rng([seed, 1])
         self._graphs: dict[int, Graph] = {}
+        self._use_counts: dict[int, tuple[Graph, dict[int, int]]] = {}
         self.layers: dict[str, Layer] = {}
         self._build_layers()
         self.program_weights(seed)
@@ -258,7 +391,7 @@ class Engine:
             raise ValueError(
                 f"forward: x has shape {x.shape}, expected (N, {', '.join(map(str, want))})"
             )
-        if not self.calibrated:
+        if not self.calibrated and not self.ideal:  # ideal converters need no ranges
             self.calibrate(x)
         g = self.program.graph
         if g.batch is None:
@@ -276,6 +409,9 @@ class Engine:
     def _run(self, g: Graph, x: Array, tape: list[Any] | None) -> list[Array]:
         env: dict[int, Array] = {id(g.inputs[0]): x}
         batch = batch_of(g)
+        # Without a tape, each value is dropped after its last use, so the allocator reuses
+        # its memory (fresh pages cost a fault each; for a ViT that was half the forward).
+        remaining = None if tape is not None else self._uses(g)
 
         def fetch(v: Value) -> Array:
             return v.const if v.const is not None else env[id(v)]
@@ -283,10 +419,11 @@ class Engine:
         for node in g.nodes:
             args = [fetch(v) for v in node.inputs]
             if isinstance(node.op, O.XbarMVM):
-                y, aux = self._xbar(node, args)
+                y, aux = self._xbar(node, args, keep=tape is not None)
                 outs: tuple[Array, ...] = (y,)
             else:
-                outs = interp.eval_node(node, args)
+                fast = FAST_DIGITAL.get(type(node.op)) if tape is None else None
+                outs = (fast and fast(node.op, args)) or interp.eval_node(node, args)
                 aux = None
                 if node.placement is not None:
                     self.digital.macs += node.placement.macs * batch
@@ -295,20 +432,57 @@ class Engine:
                 env[id(v)] = y
             if tape is not None:
                 tape.append((node, args, outs, aux))
+            elif remaining is not None:
+                del args, outs
+                for v in node.inputs:
+                    if v.const is None:
+                        remaining[id(v)] -= 1
+                        if remaining[id(v)] == 0:
+                            env.pop(id(v), None)
         self.samples += batch
         return [fetch(v) for v in g.outputs]
+
+    def _uses(self, g: Graph) -> dict[int, int]:
+        """Uses of every computed value by the nodes of ``g`` (graph outputs count once more)."""
+        key = id(g)
+        if self._use_counts.get(key, (None,))[0] is not g:
+            uses: dict[int, int] = {}
+            for node in g.nodes:
+                for v in node.inputs:
+                    if v.const is None:
+                        uses[id(v)] = uses.get(id(v), 0) + 1
+            for v in g.outputs:
+                uses[id(v)] = uses.get(id(v), 0) + 1
+            self._use_counts[key] = (g, uses)
+        return dict(self._use_counts[key][1])
 
     # ------------------------------------------------------------------ crossbar layers
 
     def _im2col(self, node: Node, x: Array) -> tuple[Array, tuple[int, ...]]:
-        op = node.op
-        assert isinstance(op, O.XbarMVM)
         n, c = x.shape[:2]
-        kh, kw = op.kernel
+        kh, kw = node.op.kernel  # type: ignore[attr-defined]
         ho, wo = node.outputs[0].type.shape[2:]
         cols = np.empty((n * ho * wo, c * kh * kw), np.float32)
+        self._im2col_into(node, np.ascontiguousarray(x, np.float32), cols, self._omp_threads())
+        return cols, (n, ho, wo)
+
+    def _omp_threads(self) -> int:
+        """OpenMP threads for im2col/quantize.
+
+        An ideal engine's MVM is a BLAS call, threaded by BLAS: OpenMP regions between BLAS
+        calls would leave the two thread pools spinning against each other (one level of
+        parallelism per path, as in the kernels), so the ideal path's im2col runs on the
+        calling thread. The non-ideal MVM is OpenMP-parallel itself.
+        """
+        ideal = not (self.dac_bits or self.adc_bits or self.read_noise)
+        return 1 if ideal else self.threads
+
+    def _im2col_into(self, node: Node, x: Array, cols: Array, threads: int) -> None:
+        op = node.op
+        assert isinstance(op, O.XbarMVM)
+        kh, kw = op.kernel
         self.k.im2col(
-            np.ascontiguousarray(x, np.float32),
+            x,
             kh,
             kw,
             op.strides[0],
@@ -320,9 +494,8 @@ class Engine:
             op.dilations[0],
             op.dilations[1],
             cols,
-            self.threads,
+            threads,
         )
-        return cols, (n, ho, wo)
 
     def layer_inputs(self, node: Node, x: Array) -> tuple[list[Array], tuple[int, ...]]:
         """Per-group input matrices ``[P, R]`` of a crossbar layer (im2col for convs)."""
@@ -331,7 +504,10 @@ class Engine:
         layer = self.layers[op.layer]
         r = layer.lm.rows
         if op.kind == "linear":
-            return [np.array(x.reshape(-1, r), np.float32)], x.shape[:-1]
+            flat = x.reshape(-1, r)
+            # the DAC quantises in place: copy then; else the (contiguous) input itself
+            xg = np.array(flat, np.float32) if self.dac_bits else np.ascontiguousarray(flat)
+            return [xg], x.shape[:-1]
         if op.kind != "conv" or len(op.kernel) != 2:
             raise XbarcError(f"layer {op.layer!r}: unsupported crossbar op kind {op.kind!r}")
         cols, lead = self._im2col(node, x)
@@ -341,27 +517,96 @@ class Engine:
             np.ascontiguousarray(cols[:, gi * r : (gi + 1) * r]) for gi in range(layer.groups)
         ], lead
 
-    def _xbar(self, node: Node, args: list[Array]) -> tuple[Array, Any]:
+    def _xbar(self, node: Node, args: list[Array], *, keep: bool = True) -> tuple[Array, Any]:
+        """Run one crossbar layer; returns its output and (with ``keep``) its layer inputs.
+
+        Without ``keep`` (no tape), a single-threaded engine streams a single-group
+        convolution through im2col in chunks of images (:meth:`_conv_streamed`) and returns no
+        layer inputs.
+        """
         op = node.op
         assert isinstance(op, O.XbarMVM)
         layer = self.layers[op.layer]
-        xs, lead = self.layer_inputs(node, args[0])
+        streamed = not keep and self.threads == 1 and op.kind == "conv" and layer.groups == 1
+        if streamed and len(op.kernel) == 2:
+            return self._conv_streamed(node, layer, args), None
+        conv = op.kind == "conv"
+        # im2col only copies values and inserts zeros (which the DAC maps to 0), so a conv's
+        # input is quantised before im2col: kh·kw times fewer values than its columns.
+        x = self._dac(layer, args[0]) if conv else args[0]
+        xs, lead = self.layer_inputs(node, x)
         outs = []
         for gi, xg in enumerate(xs):
-            if self.dac_bits:
+            if self.dac_bits and not conv:
                 self.k.quantize(
                     xg.reshape(-1), self.dac_bits, layer.dac_range, layer.dac_signed, self.threads
                 )
             outs.append(self.mvm(layer, gi, xg))
         y = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=1)
-        if len(args) == 3:
-            y += args[2]
         self._count(layer, xs[0].shape[0])
         if op.kind == "linear":
+            if len(args) == 3:
+                y += args[2]
             return y.reshape(*lead, -1), xs
         n, ho, wo = lead
-        out = np.ascontiguousarray(y.reshape(n, ho * wo, -1).transpose(0, 2, 1))
+        out = np.empty((n, y.shape[1], ho * wo), np.float32)
+        self._to_nchw(y.reshape(n, ho * wo, -1), args[2] if len(args) == 3 else None, out)
         return out.reshape(n, -1, ho, wo), xs
+
+    def _dac(self, layer: Layer, x: Array) -> Array:
+        """``x`` as the layer's DAC applies it.
+
+        A quantised copy, or with an ideal DAC ``x`` itself (made contiguous float32).
+        """
+        if not self.dac_bits:
+            return np.ascontiguousarray(x, np.float32)
+        xq = np.array(x, np.float32, order="C")
+        self.k.quantize(
+            xq.reshape(-1), self.dac_bits, layer.dac_range, layer.dac_signed, self.threads
+        )
+        return xq
+
+    @staticmethod
+    def _to_nchw(y: Array, bias: Array | None, out: Array) -> None:
+        """``out[n, c, p] = y[n, p, c] + bias[c]``.
+
+        ``y`` is scratch: the bias is added there, where the add is contiguous, then one
+        strided copy changes the layout.
+        """
+        if bias is not None:
+            y += bias
+        np.copyto(out, y.transpose(0, 2, 1))
+
+    def _conv_streamed(self, node: Node, layer: Layer, args: list[Array]) -> Array:
+        """A single-group convolution, chunk of images by chunk of images.
+
+        Each chunk's im2col matrix (about ``STREAM_BYTES``) stays in cache between im2col and
+        the MVM, instead of a matrix of ``kh·kw`` times the input's size going through memory
+        twice. Every row (output position) is computed exactly as in the unchunked path; with
+        read noise, the draws are made per chunk. Used by single-threaded engines only: with
+        thread pools, every kernel call is a synchronisation, and on a busy machine each one
+        can wait a scheduler time slice for a descheduled thread (a ResNet-8 forward took about
+        10× longer streamed than as one call per layer with 2 threads on a loaded 2-core
+        machine).
+        """
+        op = node.op
+        assert isinstance(op, O.XbarMVM)
+        x = self._dac(layer, args[0])
+        n = x.shape[0]
+        ho, wo = node.outputs[0].type.shape[2:]
+        hw, r, c = ho * wo, layer.lm.rows, layer.lm.cols
+        per = max(1, STREAM_BYTES // (4 * hw * r))
+        cols = np.empty((min(per, n) * hw, r), np.float32)
+        out = np.empty((n, c, hw), np.float32)
+        bias = args[2] if len(args) == 3 else None
+        threads = self._omp_threads()
+        for i in range(0, n, per):
+            m = min(per, n - i)
+            cm = cols[: m * hw]
+            self._im2col_into(node, x[i : i + m], cm, threads)
+            self._to_nchw(self.mvm(layer, 0, cm).reshape(m, hw, c), bias, out[i : i + m])
+        self._count(layer, n * hw)
+        return out.reshape(n, c, ho, wo)
 
     def mvm(self, layer: Layer, gi: int, x: Array) -> Array:
         """Forward MVM of one group on the tiles: ``[P, R] → [P, C]`` (no bias)."""

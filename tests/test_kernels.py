@@ -219,9 +219,6 @@ def test_quantize_zero_bits_is_a_noop(mod: ModuleType) -> None:
 
 # --------------------------------------------------------------------------- tiled MVM
 
-DEFAULT_MNK = _kernels._set_sgemm_max_mnk(1)  # read the default (the hook returns the old value)
-_kernels._set_sgemm_max_mnk(DEFAULT_MNK)
-
 
 @contextlib.contextmanager
 def sgemm_budget(mnk: int) -> Iterator[None]:
@@ -245,9 +242,9 @@ def mvm_cases(draw: st.DrawFn) -> dict[str, Any]:
         "adc_bits": draw(st.sampled_from([0, 0, 2, 3, 4, 6, 8])),
         "noisy": draw(st.booleans()),
         "seed": draw(st.integers(0, 2**32 - 1)),
-        # per-call sgemm budget of the non-ideal path: small values cut even these small
-        # problems into many (batch rows x columns) tiles with ragged edges
-        "mnk": draw(st.sampled_from([DEFAULT_MNK, 4096, 700, 64, 1])),
+        # work-tile area (batch rows x output columns) of the non-ideal path: the default, or
+        # small ones that cut even these small problems into tiles with ragged edges
+        "tile_area": draw(st.sampled_from([0, 0, 1, 80, 112, 300, 1000])),
     }
 
 
@@ -335,8 +332,9 @@ def oracle(c: dict[str, Any], a: dict[str, Any]) -> tuple[Array, Array, Array]:
 def run_mvm(
     mod: ModuleType, c: dict[str, Any], a: dict[str, Any], backward: bool, n_threads: int = 1
 ) -> Array:
-    if mod is _kernels:
-        with sgemm_budget(c.get("mnk", DEFAULT_MNK)):
+    if mod is _kernels and c.get("tile_area"):
+        kb = max(1, min(c["block"], c["K"]))
+        with sgemm_budget(c["tile_area"] * kb):  # the kernel's area is SGEMM_MAX_MNK // kb
             return _run_mvm(mod, c, a, backward, n_threads)
     return _run_mvm(mod, c, a, backward, n_threads)
 

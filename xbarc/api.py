@@ -120,7 +120,8 @@ def evaluate(
     x, y = ds.x_test, ds.y_test
     if x.shape[0] == 0:
         raise XbarcError(f"data set {ds.name} has no test samples")
-    eng.calibrate(x[: min(batch, x.shape[0])])
+    if not ideal:  # converter ranges from the first batch (ideal converters have none)
+        eng.calibrate(x[: min(batch, x.shape[0])])
     correct = 0
     err_num = err_den = 0.0
     for i in range(0, x.shape[0], batch):
