@@ -207,11 +207,66 @@ def totals(p: Program, layers: list[LayerStats], tiles: list[TileStats]) -> dict
     }
 
 
+TRAIN_COUNTERS = ("updates_requested", "updates_applied", "updates_skipped", "write_pulses")
+"""Per-tile training counters a trained program records for each run."""
+
+
+def training_stats(p: Program) -> dict[str, Any] | None:
+    """Training history of a trained program (None if it was never trained).
+
+    Per tile: update counts summed over the recorded runs, writes per device (the wear in
+    ``tiles/writes``) and the endurance left on its most-written device.
+    """
+    import numpy as np
+
+    runs = p.extra.get("training", {}).get("runs", [])
+    if p.wear is None and not runs:
+        return None
+    n = p.n_tiles
+    counts = {f: [0] * n for f in TRAIN_COUNTERS}
+    for run in runs:
+        for f, vals in run.get("tile_counters", {}).items():
+            if f in counts and len(vals) == n:
+                counts[f] = [a + int(b) for a, b in zip(counts[f], vals, strict=True)]
+    endurance = float(p.config.device.endurance)
+    tr, tc = p.tile_shape
+    wear = np.zeros((n, tr, tc), np.int64) if p.wear is None else np.asarray(p.wear, np.int64)
+    used = np.zeros((n, tr, tc), bool)
+    for t in p.graph.tiles:
+        used[t.tile, t.trow : t.trow + t.rows, t.tcol : t.tcol + t.cols] = True
+    per_tile = []
+    for k in range(n):
+        w = wear[k][used[k]] if used[k].any() else np.zeros(1, np.int64)
+        row: dict[str, Any] = {"tile": k, **{f: counts[f][k] for f in TRAIN_COUNTERS}}
+        row.update(
+            max_writes=int(w.max()),
+            mean_writes=float(w.mean()),
+            endurance_left=max(0.0, 1.0 - float(w.max()) / endurance),
+        )
+        per_tile.append(row)
+    allw = wear[used] if used.any() else np.zeros(1, np.int64)
+    return {
+        "runs": [
+            {
+                "rule": r.get("config", {}).get("rule"),
+                "epochs": r.get("epochs"),
+                "final_test_acc": r.get("final_test_acc"),
+            }
+            for r in runs
+        ],
+        "endurance": endurance,
+        "max_writes": int(allw.max()),
+        "mean_writes": float(allw.mean()),
+        "endurance_left": max(0.0, 1.0 - float(allw.max()) / endurance),
+        "per_tile": per_tile,
+    }
+
+
 def build(p: Program) -> dict[str, Any]:
     """The whole report as JSON-able data."""
     layers = layer_stats(p)
     tiles = tile_stats(p)
-    return {
+    rep = {
         "model": p.source.get("name", p.graph.name),
         "source": p.source,
         "config_hash": p.config.hash(),
@@ -221,6 +276,10 @@ def build(p: Program) -> dict[str, Any]:
         "digital": digital_stats(p),
         "totals": totals(p, layers, tiles),
     }
+    train = training_stats(p)
+    if train is not None:
+        rep["training"] = train
+    return rep
 
 
 def to_csv(report: dict[str, Any]) -> str:

@@ -44,8 +44,14 @@ Array = np.ndarray[Any, Any]
 RULES = ("eapu", "bp", "pulse", "mixed", "float")
 OPTIMIZERS = ("sgd", "adam")
 RECAL_EVERY = 5
-"""Steps between re-calibrations of the converter ranges while training."""
+"""Steps between re-calibrations of the converter ranges while training. The read-noise rms
+of the conductances (``Engine.refresh``) is recomputed on the same schedule and before every
+evaluation; between those steps a layer's update only refreshes ``gdiff`` (exact), so the
+read-noise scale lags the ~1 % of devices written per step by at most RECAL_EVERY - 1 steps."""
 _RULE_CODE = {"float": 0, "bp": 1, "eapu": 2, "mixed": 3}
+PARALLEL_UPDATE = 1 << 20
+"""Weights of one layer group from which the update kernel runs on ``Engine.threads``
+threads (results are the same for every thread count)."""
 
 
 @dataclass(frozen=True)
@@ -139,7 +145,7 @@ class LayerState:
     """Writes per G+ (or offset) device ``[G, R*C]`` int32 (this run)."""
     wear_n: Array
     counts: Array
-    """``[G, R, n_col_blocks, 4]``: requested, applied, skipped, pulses (this epoch)."""
+    """``[G, R, n_col_blocks, 5]``: requested, applied, skipped, pulses, rule draws (this epoch)."""
 
 
 @dataclass
@@ -246,8 +252,9 @@ class Trainer:
                 else np.zeros((g, 0), np.float32),
                 wear_p=np.zeros((g, n), np.int32),
                 wear_n=np.zeros((g, n if pair else 0), np.int32),
-                counts=np.zeros((g, r, ncb, 4), np.int64),
+                counts=np.zeros((g, r, ncb, 5), np.int64),
             )
+        self._scratch = np.empty(0, np.float32)
         self.params = self._digital_params(engine.program.graph)
         self.param_m = {k: np.zeros_like(v) for k, v in self.params.items()}
         self.param_v = {k: np.zeros_like(v) for k, v in self.params.items()}
@@ -370,9 +377,9 @@ class Trainer:
             gw = wgrads[name]
             if cfg.rule == "pulse":
                 self._pulse(layer, st, gw, lr, li)
-            else:
-                self._rule(layer, st, gw, lr, bias1, bias2, li)
-            eng.refresh(layer)
+                self._refresh_gdiff(layer)
+            elif not self._rule(layer, st, gw, lr, bias1, bias2, li):
+                self._refresh_gdiff(layer)
             n = gw.size
             eng.digital.elem_ops += n * (12 if cfg.optimizer == "adam" else 3)
         for key, g in pgrads.items():
@@ -404,7 +411,8 @@ class Trainer:
         bias1: float,
         bias2: float,
         li: int,
-    ) -> None:
+    ) -> bool:
+        """Run the update kernel on every group; True if it also kept ``gdiff`` current."""
         eng, cfg, dev = self.engine, self.cfg, self.engine.device
         g, _, r, c = layer.gp.shape
         cb = eng.col_block(layer)
@@ -412,9 +420,22 @@ class Trainer:
         pair = layer.gn is not None
         empty_f = np.zeros(0, np.float32)
         empty_i = np.zeros(0, np.int32)
+        # the kernel updates gdiff = G+ - G- of the written weights in place when gdiff is a
+        # plain (undrifted) copy of the planes (see _refresh_gdiff)
+        keep = (
+            pair
+            and layer.nu_p is None
+            and layer.nu_n is None
+            and layer.gdiff.shape == layer.gp.shape
+            and layer.gdiff.flags.c_contiguous
+        )
         for gi in range(g):
             gp = layer.gp[gi, 0].reshape(-1)
             gn = layer.gn[gi, 0].reshape(-1) if pair else empty_f  # type: ignore[index]
+            gd = layer.gdiff[gi, 0].reshape(-1) if keep else empty_f
+            # threads only pay off for big layers: an OpenMP region per call costs a barrier,
+            # and OpenMP threads spinning after it slow the BLAS calls that follow
+            nt = eng.threads if r * c >= PARALLEL_UPDATE else 1
             self.k.optimizer_rule_update(
                 _RULE_CODE[cfg.rule],
                 0 if cfg.optimizer == "sgd" else 1,
@@ -446,8 +467,34 @@ class Trainer:
                 bounded,
                 cfg.seed,
                 self._stream(li, gi),
-                eng.threads,
+                self._work(nt * c),
+                gd,
+                nt,
             )
+        return keep
+
+    def _refresh_gdiff(self, layer: Layer) -> None:
+        """After an update: ``gdiff`` exactly as ``Engine.refresh`` computes it.
+
+        The read-noise rms is left for the next full refresh (see :data:`RECAL_EVERY`); a
+        drifting device falls back to ``Engine.refresh``.
+        """
+        if layer.nu_p is not None or layer.nu_n is not None or layer.gdiff.shape != layer.gp.shape:
+            self.engine.refresh(layer)
+        elif layer.gn is not None:
+            np.subtract(layer.gp, layer.gn, out=layer.gdiff)
+        elif layer.gdiff is not layer.gp:
+            layer.gdiff[...] = layer.gp
+
+    def _refresh_all(self) -> None:
+        for layer in self.engine.layers.values():
+            self.engine.refresh(layer)
+
+    def _work(self, size: int) -> Array:
+        """float32 scratch of the update kernel (grown on demand, reused across calls)."""
+        if self._scratch.shape[0] < size:
+            self._scratch = np.empty(size, np.float32)
+        return self._scratch
 
     def _pulse(self, layer: Layer, st: LayerState, gw: Array, lr: float, li: int) -> None:
         """Stochastic pulse trains: expected coincidences from the gradient (SGD, lr).
@@ -514,12 +561,11 @@ class Trainer:
             tot["applied"] += int(s_all[1]) * reps
             tot["skipped"] += int(s_all[2]) * reps
             tot["pulses"] += int(s_all[3]) * reps
-            if self.cfg.rule == "eapu":
-                rng_draws += int(s_all[0]) + 2 * int(s_all[1])
-            elif self.cfg.rule in ("bp", "mixed"):
-                rng_draws += 2 * int(s_all[1])
-            elif self.cfg.rule == "pulse":
-                rng_draws += 2 * int(s_all[0]) + 2 * int(s_all[1])
+            # the random numbers the rule needs in hardware (EaPU's thinned decisions, the pulse
+            # trains), as the kernels count them; the normals that simulate the device's write
+            # error are physics, not periphery work, and bp/mixed/float draw nothing. A decision
+            # is drawn once and written to every replica.
+            rng_draws += int(s_all[4])
             st.counts[...] = 0
         eng.digital.rng_draws += rng_draws
         return tot
@@ -558,6 +604,7 @@ class Trainer:
             batches(d.x_train, d.y_train, self.cfg.batch, shuffle=True, rng=rng)
         ):
             if i % RECAL_EVERY == 0 and not self.engine.ideal:
+                self._refresh_all()
                 self.engine.calibrate(xb)
                 for layer in self.engine.layers.values():
                     layer.adc_range_t = np.zeros((0, 0, 0), np.float32)
@@ -576,6 +623,7 @@ class Trainer:
                     }
                 )
         tot = self._flush_counts()
+        self._refresh_all()
         test_loss, test_acc = self.evaluate(d.x_test, d.y_test)
         delta_t = self.engine.counters.minus(before_tiles)
         delta_d = self.engine.digital.minus(before_dig)
@@ -690,8 +738,9 @@ class Trainer:
         for _name, layer in eng.layers.items():
             phys = join_planes(layer.gp, layer.gn, layer.lm)
             scatter(phys, layer.rects, tiles_g)
-        extra = dict(p.extra)
+        extra = {k: v for k, v in p.extra.items() if k != "checkpoint"}
         extra["calibration"] = eng.calibration()
+        tiles = eng.counters.to_dict()
         extra["training"] = {
             "runs": [
                 *p.extra.get("training", {}).get("runs", []),
@@ -699,6 +748,15 @@ class Trainer:
                     "config": asdict(self.cfg),
                     "epochs": len(self.history),
                     "final_test_acc": self.history[-1].test_acc if self.history else None,
+                    "tile_counters": {
+                        f: tiles[f]
+                        for f in (
+                            "updates_requested",
+                            "updates_applied",
+                            "updates_skipped",
+                            "write_pulses",
+                        )
+                    },
                 },
             ],
         }
@@ -711,7 +769,7 @@ class Trainer:
             "programmed",
             self.wear_tiles(),
             extra,
-            dict(p.extra_arrays),
+            {k: v for k, v in p.extra_arrays.items() if not k.startswith("train/")},
         )
 
     # ------------------------------------------------------------------ checkpoints
@@ -742,6 +800,12 @@ class Trainer:
         # wear in the checkpoint must stay the *initial* wear plus this run: store the run's
         # own wear separately so resuming does not count it twice.
         p.wear = self.engine.program.wear
+        # likewise the run list: this run is recorded once, when the trained program is written
+        runs = self.engine.program.extra.get("training")
+        if runs is None:
+            p.extra.pop("training", None)
+        else:
+            p.extra["training"] = runs
         p.extra["checkpoint"] = {
             "epoch": self.epoch,
             "step": self.step_count,
