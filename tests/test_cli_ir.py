@@ -38,7 +38,7 @@ def run_cli(
 def run_subprocess(args: list[str]) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
     # Not from the repository root: there ``python -m xbarc`` would find the source folder
-    # ``xbarc/`` (without its mapped subpackages) before the installed package.
+    # the bare source folders before the installed package.
     return subprocess.run(
         [sys.executable, "-m", "xbarc", *args],
         cwd=tempfile.gettempdir(),

@@ -148,7 +148,7 @@ def test_eval_missing_file_is_one_line_exit_2(
 def test_eval_through_python_m(mapped: dict[str, Path]) -> None:
     env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
     # Not from the repository root: there ``python -m xbarc`` would find the source folder
-    # ``xbarc/`` (without its mapped subpackages) before the installed package.
+    # the bare source folders before the installed package.
     args = ["eval", str(mapped["digits_mlp_trained"]), "--limit", "60", "--json", "--ideal"]
     proc = subprocess.run(
         [sys.executable, "-m", "xbarc", *args],

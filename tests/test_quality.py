@@ -11,7 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCES = [
-    "xbarc",
+    "app",
     "frontend",
     "ir",
     "passes",
