@@ -59,7 +59,7 @@ from xbarc.backend import lower as backend  # noqa: E402
 from xbarc.ir import ops as O  # noqa: E402
 from xbarc.passes import ChipConfig  # noqa: E402
 from xbarc.runtime import data as data_mod  # noqa: E402
-from xbarc.runtime.engine import Engine  # noqa: E402
+from xbarc.runtime.engine import Engine, limit_other_blas  # noqa: E402
 from xbarc.runtime.train import TrainConfig, Trainer  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -225,6 +225,10 @@ def main() -> None:
             for t in threads:
                 with threadpool_limits(t):
                     floor = time_floor(shapes, args.repeat)
+                # The engine sets its own thread pools (OpenMP at t, SciPy's BLAS at t,
+                # other BLAS at 1); see Engine / limit_other_blas.
+                with threadpool_limits(t, user_api="blas"):
+                    limit_other_blas()
                     real = time_epochs(trainer(mapped, False, t, ds), args.repeat)
                     ideal = time_epochs(trainer(mapped, True, t, ds), args.repeat)
                 rows.append((model, dname, t, floor, real, ideal))

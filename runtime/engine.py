@@ -121,6 +121,27 @@ def keep_freed_memory() -> bool:
     return _malloc_tuned
 
 
+def limit_other_blas() -> bool:
+    """Keep every BLAS but the kernels' own (SciPy's OpenBLAS) on one thread.
+
+    NumPy and SciPy each bundle an OpenBLAS whose threads spin after a call; next to the
+    kernels' OpenMP threads, three pools fight over the cores (measured on a 2-core machine: a
+    training step of the 784-256-128-10 MLP took 21 ms with both BLAS pools on 2 threads and
+    6.6 ms with them on 1). The kernels' sgemm (SciPy's OpenBLAS) keeps its threads. Called once
+    by every :class:`Engine`; skipped when ``XBARC_BLAS_THREADS=keep``.
+    """
+    if os.environ.get("XBARC_BLAS_THREADS") == "keep":
+        return False
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return False
+    for lib in ThreadpoolController().lib_controllers:
+        if lib.user_api == "blas" and "scipy" not in Path(lib.filepath).parent.name:
+            lib.set_num_threads(1)
+    return True
+
+
 STREAM_BYTES = 1 << 21
 """Target size of one chunk's im2col matrix in :meth:`Engine._conv_streamed`: about a core's
 L2 cache (1 to 2 MiB measured best for ResNet-8 on a core with 1 MiB of L2)."""
@@ -240,6 +261,7 @@ class Engine:
         t_read: float | None = None,
     ) -> None:
         keep_freed_memory()
+        limit_other_blas()
         self.program = program
         self.ideal = ideal
         self.seed = seed
