@@ -680,13 +680,14 @@ class Engine:
         return max(1, (self.tile_cols // layer.lm.per_weight) // max(1, layer.lm.slices))
 
     def backward_xbar(
-        self, node: Node, args: list[Array], gy: Array, xs: list[Array]
-    ) -> tuple[Array, Array, Array | None]:
+        self, node: Node, args: list[Array], gy: Array, xs: list[Array], *, need_dx: bool = True
+    ) -> tuple[Array | None, Array, Array | None]:
         """Gradients of a crossbar layer: ``(dL/dx, dL/dW[G, R, C], dL/db)``.
 
         ``dL/dx`` comes from the transposed MVM on the same tiles (DAC on the errors, per-tile
         ADC on the row outputs, read noise); ``dL/dW`` is formed digitally from the applied
-        inputs ``xs`` (as quantised by the DAC) and the errors.
+        inputs ``xs`` (as quantised by the DAC) and the errors. With ``need_dx=False`` (the
+        layer reads the network input) no transposed MVM runs and ``dL/dx`` is None.
         """
         op = node.op
         assert isinstance(op, O.XbarMVM)
@@ -705,9 +706,12 @@ class Engine:
         for gi in range(groups):
             dyg = dy if groups == 1 else np.ascontiguousarray(dy[:, gi * cols : (gi + 1) * cols])
             np.matmul(xs[gi].T, dyg, out=gw[gi])
-            dxs.append(self.mvm_t(layer, gi, dyg))
-        self._count_t(layer, dy.shape[0])
+            if need_dx:
+                dxs.append(self.mvm_t(layer, gi, dyg))
         self.digital.macs += dy.shape[0] * groups * layer.lm.rows * cols
+        if not need_dx:
+            return None, gw, gb
+        self._count_t(layer, dy.shape[0])
         if op.kind == "linear":
             return dxs[0].reshape(args[0].shape), gw, gb
         cols_all = dxs[0] if groups == 1 else np.concatenate(dxs, axis=1)

@@ -344,7 +344,9 @@ class Trainer:
             if isinstance(node.op, O.XbarMVM):
                 gy = gys[0]
                 assert gy is not None
-                gx, gw, gb = eng.backward_xbar(node, args, gy, aux)
+                x0 = node.inputs[0]
+                need_dx = not (x0.producer is None and x0.const is None)
+                gx, gw, gb = eng.backward_xbar(node, args, gy, aux, need_dx=need_dx)
                 wgrads[node.op.layer] = gw
                 gins: list[Array | None] = [gx, None, gb]
             else:
