@@ -800,10 +800,17 @@ def _show_comparison(results: list[dict[str, Any]]) -> None:
     )
 
 
+def _usage_error(e: BaseException) -> bool:
+    """Whether ``e`` is the option parser's usage error (click's, as typer bundles it)."""
+    return hasattr(e, "format_message") and getattr(e, "exit_code", None) == 2
+
+
 def main() -> None:
     """Entry point of the ``xbarc`` console script."""
     try:
-        app()
+        rv = app(standalone_mode=False)
+        if isinstance(rv, int) and rv:
+            sys.exit(rv)
     except XbarcError as e:
         if _state["debug"]:
             raise
@@ -814,6 +821,19 @@ def main() -> None:
             raise
         err.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    except Exception as e:
+        if not _usage_error(e):
+            raise
+        ctx = getattr(e, "ctx", None)
+        where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        msg = " ".join(e.format_message().split())  # type: ignore[attr-defined]
+        if not msg:  # e.g. no arguments at all: the help text was shown
+            sys.exit(2)
+        err.print(f"[red]error:[/] {escape(msg)}{where}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("[red]interrupted[/]")
+        sys.exit(130)
 
 
 __all__ = ["app", "main"]

@@ -173,7 +173,8 @@ def test_usage_error_exit_2_without_traceback(
     code, _, err = run_cli(args, monkeypatch, capsys)
     assert code == 2
     assert "Traceback" not in err
-    assert "error" in err.lower()
+    line = _one_error_line(err)
+    assert line.startswith("error:") and "--help" in line
 
 
 def test_long_message_stays_one_line(
