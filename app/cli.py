@@ -86,8 +86,15 @@ def ir_cmd(
 
 @contextmanager
 def _progress(label: str) -> Iterator[Callable[[str, float], None]]:
-    """A rich progress bar on stderr; yields a hook (description, fraction)."""
+    """A rich progress bar on stderr; yields a hook (description, fraction).
+
+    Not drawn when stderr is not a terminal (logs and pipes stay clean).
+    """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if not err.is_terminal:
+        yield lambda _d, _f: None
+        return
 
     with Progress(
         TextColumn("[bold]{task.fields[label]}[/] {task.description}"),
@@ -594,6 +601,10 @@ def _toml_table(path: Path, table: str) -> dict[str, object]:
 @contextmanager
 def _train_progress(label: str, epochs: int) -> Iterator[Callable[[dict[str, object]], None]]:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if not err.is_terminal:
+        yield lambda _info: None
+        return
 
     with Progress(
         TextColumn("[bold]{task.fields[label]}[/] epoch {task.fields[epoch]}/" + str(epochs)),
