@@ -425,6 +425,8 @@ class Engine:
                 if n < b0:
                     chunk = np.concatenate([chunk, np.zeros((b0 - n, *want), np.float32)])
                 outs.append(self._run(g, chunk, tape)[0][:n])
+                # The padding ran on the tiles (its work stays in the counters) but is no sample.
+                self.samples -= b0 - n
             return np.concatenate(outs)
         return self._run(self.graph_for(x.shape[0]), x, tape)[0]
 
