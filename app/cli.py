@@ -340,6 +340,21 @@ def report_cmd(
     files = []
     if plot:
         files.append(str(report.plot(rep, Path(f"{mapped}.tiles.png"))))
+        tr = rep.get("training")
+        if isinstance(tr, dict):
+            for key, label in (("write_pulses", "write pulses"), ("max_writes", "max writes")):
+                name = key.replace("_", "-")
+                files.append(
+                    str(
+                        report.plot(
+                            rep,
+                            Path(f"{mapped}.{name}.png"),
+                            values=key,
+                            rows=tr["per_tile"],
+                            title=f"{rep['model']}: {label} per tile (all training runs)",
+                        )
+                    )
+                )
     if as_json:
         _print_json({**rep, "files": files})
         return

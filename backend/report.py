@@ -322,7 +322,14 @@ def write_files(report: dict[str, Any], out: Path) -> list[Path]:
     return paths
 
 
-def plot(report: dict[str, Any], path: Path, *, values: str = "util", title: str = "") -> Path:
+def plot(
+    report: dict[str, Any],
+    path: Path,
+    *,
+    values: str = "util",
+    title: str = "",
+    rows: list[dict[str, Any]] | None = None,
+) -> Path:
     """Heatmap PNG of a per-tile quantity (``util`` or a key of the tile rows).
 
     Tiles are laid out row-major in a near-square grid.
@@ -337,7 +344,7 @@ def plot(report: dict[str, Any], path: Path, *, values: str = "util", title: str
         from xbarc.errors import XbarcError
 
         raise XbarcError("--plot needs matplotlib: pip install 'xbarc[plot]'") from e
-    tiles = report["tiles"]
+    tiles = report["tiles"] if rows is None else rows
     n = len(tiles)
     cols = max(1, math.ceil(math.sqrt(n)))
     rows = max(1, math.ceil(n / cols))

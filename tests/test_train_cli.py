@@ -182,6 +182,14 @@ def test_report_shows_update_counts_and_endurance(
     # a compiled file's report has no training section
     code, stdout, _ = run_cli(["report", str(mapped)], capsys)
     assert code == 0 and "training:" not in stdout
+    # --plot: utilisation, write pulses and max writes per tile as PNG heatmaps
+    code, stdout, _ = run_cli(["report", str(out), "--plot", "--json"], capsys)
+    files = [Path(f) for f in json.loads(stdout)["files"]]
+    assert [f.name.removeprefix(out.name) for f in files] == [
+        ".tiles.png", ".write-pulses.png", ".max-writes.png"
+    ]
+    for f in files:
+        assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_progress_bar_goes_to_stderr(mapped: Path) -> None:
