@@ -347,11 +347,11 @@ def plot(
     tiles = report["tiles"] if rows is None else rows
     n = len(tiles)
     cols = max(1, math.ceil(math.sqrt(n)))
-    rows = max(1, math.ceil(n / cols))
-    grid = np.full((rows, cols), np.nan)
+    nrows = max(1, math.ceil(n / cols))
+    grid = np.full((nrows, cols), np.nan)
     for i, t in enumerate(tiles):
         grid[i // cols, i % cols] = float(t[values])
-    fig, ax = plt.subplots(figsize=(min(12, 2 + cols * 0.4), min(10, 1.5 + rows * 0.4)))
+    fig, ax = plt.subplots(figsize=(min(12, 2 + cols * 0.4), min(10, 1.5 + nrows * 0.4)))
     im = ax.imshow(grid, cmap="viridis", vmin=0, vmax=1 if values == "util" else None)
     fig.colorbar(im, ax=ax, label="utilisation" if values == "util" else values)
     ax.set_title(
