@@ -381,6 +381,39 @@ cdef void _col2im_plane(const float* cols, float* o, Py_ssize_t nc, Py_ssize_t C
                             o[ih * W + iw] += src[i * kw + j]
 
 
+
+cdef void _conv_ideal(const float* x, const float* g, const float* slice_w, const float* bias,
+                      float* cols, float* work, float* out, Py_ssize_t N, Py_ssize_t C,
+                      Py_ssize_t H, Py_ssize_t W, Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t M,
+                      Py_ssize_t S, int kh, int kw, int sh, int sw, int ph0, int pw0, int dh,
+                      int dw) noexcept nogil:
+    """Body of :func:`conv_ideal`; requires N, C, M, S, Ho, Wo >= 1."""
+    cdef Py_ssize_t P = Ho * Wo, K = C * kh * kw, n, s, m, q, strip
+    cdef char tn = b"N"
+    cdef int bm = <int>M, bn = <int>P, bk = <int>K, lda = <int>M, ldb = <int>K, ldc = <int>M
+    cdef float alpha, beta, one = 1.0, zero = 0.0, b
+    cdef float* o
+    cdef const float* w
+    for n in range(N):
+        # im2col of image n: its strips are rows n*Ho .. n*Ho + Ho - 1 of the whole batch's
+        for strip in range(Ho):
+            _im2col_strip(x, cols + strip * Wo * K, n * Ho + strip, C, H, W, Ho, Wo, kh, kw,
+                          sh, sw, ph0, pw0, dh, dw)
+        # work[P, M] = sum_s slice_w[s] * cols[P, K] @ g[s][K, M]  (column-major: transposed)
+        for s in range(S):
+            alpha = slice_w[s]
+            beta = zero if s == 0 else one
+            sgemm(&tn, &tn, &bm, &bn, &bk, &alpha, <float*>g + s * K * M, &lda, cols, &ldb,
+                  &beta, work, &ldc)
+        # the image's output planes: out[n, m, :] = work[:, m] + bias[m], while work is in cache
+        o = out + n * M * P
+        for m in range(M):
+            b = bias[m] if bias != NULL else 0.0
+            w = work + m
+            for q in range(P):
+                o[m * P + q] = w[q * M] + b
+
+
 cdef inline float _norm(const float* v, Py_ssize_t n) noexcept nogil:
     """``||v||_2`` summed in double by four interleaved accumulators (a fixed order)."""
     cdef double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0
@@ -615,6 +648,63 @@ def im2col(x, int kh, int kw, int sh, int sw, int ph0, int pw0, int ph1, int pw1
         for strip in prange(N * Ho, num_threads=n_threads, schedule="static"):
             _im2col_strip(xp, op + strip * Wo * K, strip, C, H, W, Ho, Wo, kh, kw, sh, sw, ph0,
                           pw0, dh, dw)
+
+
+def conv_ideal(x, g, slice_w, int kh, int kw, int sh, int sw, int ph0, int pw0, int ph1,
+               int pw1, int dh, int dw, bias, cols, work, out):
+    """A convolution on ideal crossbars, written in NCHW: ``out[n, m, p] = bias[m] +
+    sum_s slice_w[s] * sum_k g[s, k, m] * col[n, p, k]``, where ``col`` is :func:`im2col` of
+    ``x`` (row ``n*Ho*Wo + p``).
+
+    The ideal-mode (no noise, ideal converters) single-group convolution of an inference-only
+    forward, image by image so that everything stays in cache: the image's :func:`im2col` rows
+    into ``cols``, one sgemm per slice accumulating into ``work``, and ``work`` transposed (plus
+    the bias) into the image's ``[M, Ho*Wo]`` output planes. Per image the sgemm is as fast as
+    on the whole batch's columns (which no longer go through memory), and the layout change
+    reads from cache. BLAS does the threading.
+    Equal to ``mvm_forward`` on ``im2col(x)`` (ideal ADC, no noise) plus the bias, transposed
+    per image, up to float summation order.
+
+    Args (C-contiguous float32): ``x[N, C, H, W]`` IN, ``g[S, C*kh*kw, M]`` IN, ``slice_w[S]``
+    IN, the window as in :func:`im2col`, ``bias[M]`` IN or empty (no bias), ``cols[Ho*Wo,
+    C*kh*kw]`` and ``work[Ho*Wo, M]`` scratch, ``out[N, M, Ho*Wo]`` OUT (overwritten).
+    """
+    fn = "conv_ideal"
+    cdef const float[:, :, :, ::1] xv = _in4(fn, "x", x)  # IN
+    cdef const float[:, :, ::1] gv = _in3(fn, "g", g)  # IN
+    cdef const float[::1] wv = _in1(fn, "slice_w", slice_w)  # IN
+    cdef const float[::1] bv = _in1(fn, "bias", bias)  # IN
+    cdef float[:, ::1] cv = _out2(fn, "cols", cols)  # scratch
+    cdef float[:, ::1] kv = _out2(fn, "work", work)  # scratch
+    cdef float[:, :, ::1] ov = _out3(fn, "out", out)  # OUT
+    _check_window(fn, kh, kw, sh, sw, ph0, pw0, ph1, pw1, dh, dw)
+    cdef Py_ssize_t N = xv.shape[0], C = xv.shape[1], H = xv.shape[2], W = xv.shape[3]
+    cdef Py_ssize_t S = gv.shape[0], M = gv.shape[2], K = C * kh * kw
+    cdef Py_ssize_t Ho = _out_size(H, kh, sh, ph0, ph1, dh)
+    cdef Py_ssize_t Wo = _out_size(W, kw, sw, pw0, pw1, dw)
+    _expect(fn, "g", (gv.shape[0], gv.shape[1], gv.shape[2]), (S, K, M))
+    _expect(fn, "slice_w", (wv.shape[0],), (S,))
+    if bv.shape[0] != 0:
+        _expect(fn, "bias", (bv.shape[0],), (M,))
+    _expect(fn, "cols", (cv.shape[0], cv.shape[1]), (Ho * Wo, K))
+    _expect(fn, "work", (kv.shape[0], kv.shape[1]), (Ho * Wo, M))
+    _expect(fn, "out", (ov.shape[0], ov.shape[1], ov.shape[2]), (N, M, Ho * Wo))
+    _check_blas_dims(fn, Ho * Wo, K, M)
+    _disjoint(fn, {"out": out, "cols": cols, "work": work},
+              {"x": x, "g": g, "slice_w": slice_w, "bias": bias})
+    if N == 0 or M == 0 or Ho * Wo == 0:
+        return
+    if S == 0 or K == 0:
+        # an empty sum: the bias alone
+        o = np.asarray(ov)
+        o[...] = 0
+        if bv.shape[0]:
+            o += np.asarray(bv)[:, None]
+        return
+    cdef const float* bp = &bv[0] if bv.shape[0] else NULL
+    with nogil:
+        _conv_ideal(&xv[0, 0, 0, 0], &gv[0, 0, 0], &wv[0], bp, &cv[0, 0], &kv[0, 0],
+                    &ov[0, 0, 0], N, C, H, W, Ho, Wo, M, S, kh, kw, sh, sw, ph0, pw0, dh, dw)
 
 
 def col2im(cols, int N, int C, int H, int W, int kh, int kw, int sh, int sw, int ph0, int pw0,

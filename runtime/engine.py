@@ -498,8 +498,11 @@ class Engine:
         parallelism per path, as in the kernels), so the ideal path's im2col runs on the
         calling thread. The non-ideal MVM is OpenMP-parallel itself.
         """
-        ideal = not (self.dac_bits or self.adc_bits or self.read_noise)
-        return 1 if ideal else self.threads
+        return 1 if self._ideal() else self.threads
+
+    def _ideal(self) -> bool:
+        """No DAC or ADC quantisation and no read noise: MVMs are exact products."""
+        return not (self.dac_bits or self.adc_bits or self.read_noise)
 
     def _im2col_into(self, node: Node, x: Array, cols: Array, threads: int) -> None:
         op = node.op
@@ -545,14 +548,16 @@ class Engine:
         """Run one crossbar layer; returns its output and (with ``keep``) its layer inputs.
 
         Without ``keep`` (no tape), a single-threaded engine streams a single-group
-        convolution through im2col in chunks of images (:meth:`_conv_streamed`) and returns no
-        layer inputs.
+        convolution image by image when it is ideal (:meth:`_conv_ideal`), else through im2col
+        in chunks of images (:meth:`_conv_streamed`), and returns no layer inputs.
         """
         op = node.op
         assert isinstance(op, O.XbarMVM)
         layer = self.layers[op.layer]
         streamed = not keep and self.threads == 1 and op.kind == "conv" and layer.groups == 1
         if streamed and len(op.kernel) == 2:
+            if self._ideal() and not layer.lm.offset:
+                return self._conv_ideal(node, layer, args), None
             return self._conv_streamed(node, layer, args), None
         conv = op.kind == "conv"
         # im2col only copies values and inserts zeros (which the DAC maps to 0), so a conv's
@@ -631,6 +636,44 @@ class Engine:
             self._to_nchw(self.mvm(layer, 0, cm).reshape(m, hw, c), bias, out[i : i + m])
         self._count(layer, n * hw)
         return out.reshape(n, c, ho, wo)
+
+    def _conv_ideal(self, node: Node, layer: Layer, args: list[Array]) -> Array:
+        """A single-group convolution on ideal tiles, image by image, written in NCHW.
+
+        im2col, the sgemm and the layout change run per image while its data are in cache
+        (see ``conv_ideal`` in ``_kernels.pyx``).
+        """
+        op = node.op
+        assert isinstance(op, O.XbarMVM)
+        x = np.ascontiguousarray(args[0], np.float32)
+        n = x.shape[0]
+        ho, wo = node.outputs[0].type.shape[2:]
+        kh, kw = op.kernel
+        bias = args[2] if len(args) == 3 else np.zeros(0, np.float32)
+        cols = np.empty((ho * wo, layer.lm.rows), np.float32)
+        work = np.empty((ho * wo, layer.lm.cols), np.float32)
+        out = np.empty((n, layer.lm.cols, ho * wo), np.float32)
+        self.k.conv_ideal(
+            x,
+            layer.gdiff[0],
+            np.asarray(layer.lm.slice_w, np.float32),
+            kh,
+            kw,
+            op.strides[0],
+            op.strides[1],
+            op.pads[0],
+            op.pads[1],
+            op.pads[2],
+            op.pads[3],
+            op.dilations[0],
+            op.dilations[1],
+            np.ascontiguousarray(bias, np.float32),
+            cols,
+            work,
+            out,
+        )
+        self._count(layer, n * ho * wo)
+        return out.reshape(n, -1, ho, wo)
 
     def mvm(self, layer: Layer, gi: int, x: Array) -> Array:
         """Forward MVM of one group on the tiles: ``[P, R] → [P, C]`` (no bias)."""

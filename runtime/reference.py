@@ -413,6 +413,89 @@ def mvm_forward(
             out += slice_w[si] * p
 
 
+def conv_ideal(
+    x: F32,
+    g: F32,
+    slice_w: F32,
+    kh: int,
+    kw: int,
+    sh: int,
+    sw: int,
+    ph0: int,
+    pw0: int,
+    ph1: int,
+    pw1: int,
+    dh: int,
+    dw: int,
+    bias: F32,
+    cols: F32,
+    work: F32,
+    out: F32,
+) -> None:
+    """A convolution on ideal crossbars, written in NCHW.
+
+    ``out[n, m, p] = bias[m] + sum_s slice_w[s] * (im2col(x) @ g[s])[n*Ho*Wo + p, m]``.
+
+    Args:
+        x: Input ``[N, C, H, W]``.
+        g: Conductance differences ``[S, C*kh*kw, M]`` per bit slice (µS).
+        slice_w: Weight per µS of each slice ``[S]``.
+        kh: Kernel height.
+        kw: Kernel width.
+        sh: Vertical stride.
+        sw: Horizontal stride.
+        ph0: Padding above.
+        pw0: Padding on the left.
+        ph1: Padding below.
+        pw1: Padding on the right.
+        dh: Vertical dilation.
+        dw: Horizontal dilation.
+        bias: ``[M]``, or empty for no bias.
+        cols: Scratch ``[Ho*Wo, C*kh*kw]`` (the compiled kernel's im2col of one image;
+            unused here beyond its shape).
+        work: Scratch ``[Ho*Wo, M]`` (one image's products; unused here beyond its shape).
+        out: Output ``[N, M, Ho*Wo]``, overwritten.
+
+    Raises:
+        ValueError: On a wrong array or invalid window parameters.
+    """
+    fn = "conv_ideal"
+    x = _array(fn, "x", x, 4)
+    g = _array(fn, "g", g, 3)
+    slice_w = _array(fn, "slice_w", slice_w, 1)
+    bias = _array(fn, "bias", bias, 1)
+    cols = _array(fn, "cols", cols, 2, writable=True)
+    work = _array(fn, "work", work, 2, writable=True)
+    out = _array(fn, "out", out, 3, writable=True)
+    _check_window(fn, kh, kw, sh, sw, (ph0, pw0, ph1, pw1), dh, dw)
+    n, c, h, w = x.shape
+    s, m = g.shape[0], g.shape[2]
+    k = c * kh * kw
+    ho, wo = out_size(h, kh, sh, ph0, ph1, dh), out_size(w, kw, sw, pw0, pw1, dw)
+    _expect(fn, "g", g.shape, (s, k, m))
+    _expect(fn, "slice_w", slice_w.shape, (s,))
+    if bias.size:
+        _expect(fn, "bias", bias.shape, (m,))
+    _expect(fn, "cols", cols.shape, (ho * wo, k))
+    _expect(fn, "work", work.shape, (ho * wo, m))
+    _expect(fn, "out", out.shape, (n, m, ho * wo))
+    _disjoint(
+        fn,
+        {"out": out, "cols": cols, "work": work},
+        {"x": x, "g": g, "slice_w": slice_w, "bias": bias},
+    )
+    if out.size == 0:
+        return
+    col = np.empty((n * ho * wo, k), np.float32)
+    im2col(x, kh, kw, sh, sw, ph0, pw0, ph1, pw1, dh, dw, col)
+    y = np.zeros((n * ho * wo, m), np.float32)
+    for si in range(s):
+        y += slice_w[si] * (col @ g[si])
+    if bias.size:
+        y += bias
+    out[...] = y.reshape(n, ho * wo, m).transpose(0, 2, 1)
+
+
 def mvm_backward(
     dy: F32,
     g: F32,

@@ -109,7 +109,8 @@ LAYOUTS = {
 @pytest.mark.parametrize("model", MODELS, ids=MODEL_IDS)
 def test_ideal_matches_onnxruntime(build: Build, model: Path, layout: str) -> None:
     path = build(model, **LAYOUTS[layout])
-    # threads=1 streams convolutions chunk by chunk; with more threads a layer is one call
+    # threads=1 streams convolutions (ideal: image by image, conv_ideal; else chunks of
+    # images); with more threads a layer is one call
     for threads in (1, 2):
         eng = Engine.load(path, ideal=True, threads=threads)
         x, want = ort_case(model, eng.input_shape)
@@ -193,8 +194,8 @@ def test_fixed_batch_program_runs_in_chunks(build: Build, tmp_path: Path) -> Non
 
 
 def test_streamed_convolutions_equal_whole_layer_calls(build: Build) -> None:
-    """threads=1 streams convs through im2col in chunks of images: the same rows, the same
-    sums. Without read noise (whose draws are made per chunk) the two agree, also with DAC and
+    """threads=1 streams convs image by image (ideal) or through im2col in chunks of images:
+    the same rows, the same sums. Without read noise (whose draws are made per chunk) the two agree, also with DAC and
     ADC; the per-tile counters are identical."""
     dev = DeviceConfig(prog_noise_abs=1.0, read_noise=0.0)
     path = build(REPO / "models" / "resnet8.onnx", tile_rows=64, tile_cols=32, device=dev)

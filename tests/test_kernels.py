@@ -487,6 +487,61 @@ def test_rms_values(mod: ModuleType) -> None:
     np.testing.assert_allclose(out_t[0, 0], [np.sqrt(4.5), np.sqrt(8), np.sqrt(2.5)], rtol=1e-6)
 
 
+@given(w=windows(), m=st.integers(0, 5), s=st.integers(1, 3), with_bias=st.booleans())
+def test_conv_ideal_matches_reference(w: dict[str, Any], m: int, s: int, with_bias: bool) -> None:
+    x_shape, (_, k) = geometry(w)
+    n = w["N"]
+    hw = geometry({**w, "N": 1})[1][0]  # output positions per image
+    rng = np.random.default_rng(w["seed"])
+    x = rng.standard_normal(x_shape).astype(F32)
+    g = rng.standard_normal((s, k, m)).astype(F32)
+    slice_w = rng.uniform(0.1, 2.0, s).astype(F32)
+    bias = rng.standard_normal(m).astype(F32) if with_bias else empty(1)
+    outs = {}
+    for mod in (_kernels, reference):
+        out = np.full((n, m, hw), np.nan, F32)
+        mod.conv_ideal(
+            x,
+            g,
+            slice_w,
+            *(w[q] for q in WIN),
+            bias,
+            np.empty((hw, k), F32),
+            np.empty((hw, m), F32),
+            out,
+        )
+        outs[mod.__name__] = out
+    got, want = outs[_kernels.__name__], outs[reference.__name__]
+    assert not np.isnan(got).any()
+    # exact oracle in float64 and the float32 summation bound (k terms per slice, s slices)
+    cols = run_im2col(reference, x, w).astype(np.float64)
+    terms = np.abs(cols) @ np.abs(g.astype(np.float64)).sum(axis=0) * slice_w.max()
+    exact = sum(slice_w[i] * (cols @ g[i].astype(np.float64)) for i in range(s))
+    exact = exact + (bias.astype(np.float64) if with_bias else 0.0)
+    exact = np.asarray(exact).reshape(n, hw, m).transpose(0, 2, 1)
+    bound = 2 * (k + s + 2) * U * (terms.reshape(n, hw, m).transpose(0, 2, 1) + np.abs(exact))
+    assert np.all(np.abs(got - exact) <= bound + 1e-30)
+    assert np.all(np.abs(want - exact) <= bound + 1e-30)
+    # and it is the ideal mvm_forward on im2col's rows, plus the bias, in NCHW
+    if n and m and hw:
+        flat = np.empty((n * hw, m), F32)
+        _kernels.mvm_forward(
+            run_im2col(_kernels, x, w),
+            g,
+            slice_w,
+            max(1, k),
+            0,
+            empty(2),
+            0.0,
+            empty(3),
+            empty(4),
+            np.empty_like(flat),
+            flat,
+        )
+        via_mvm = flat.reshape(n, hw, m).transpose(0, 2, 1) + (bias[:, None] if with_bias else 0)
+        assert np.all(np.abs(got - via_mvm) <= 2 * bound + 1e-30)
+
+
 # --------------------------------------------------------------------------- argument checks
 
 
@@ -516,6 +571,12 @@ def good_args() -> dict[str, dict[str, Any]]:
             "sh": 1, "sw": 1, "ph0": 1, "pw0": 1, "ph1": 1, "pw1": 1, "dh": 1, "dw": 1,
             "out": f((2, 3, 5, 5), F32),
         },
+        "conv_ideal": {
+            "x": f((2, 3, 5, 5), F32), "g": f((s, 27, c), F32), "slice_w": f(s, F32), "kh": 3,
+            "kw": 3, "sh": 1, "sw": 1, "ph0": 1, "pw0": 1, "ph1": 1, "pw1": 1, "dh": 1, "dw": 1,
+            "bias": f(c, F32), "cols": f((25, 27), F32), "work": f((25, c), F32),
+            "out": f((2, c, 25), F32),
+        },
         "quantize": {"x": f(6, F32), "bits": 4, "x_range": 1.0, "signed": True},
         "rms_columns": {"gp": f((s, r, c), F32), "gn": f((s, r, c), F32), "row_block": 2,
                         "out": f((3, s, c), F32)},
@@ -532,6 +593,7 @@ SHAPE_AXIS = {
     "mvm_backward": {"g": 2, "slice_w": 0, "adc_range": 1, "g_rms_t": 2, "noise": 3, "work": 0,
                      "out": 1},
     "im2col": {"out": 1},
+    "conv_ideal": {"g": 1, "slice_w": 0, "bias": 0, "cols": 1, "work": 0, "out": 2},
     "col2im": {"cols": 0, "out": 3},
     "rms_columns": {"gn": 1, "out": 0},
     "rms_rows": {"gn": 2, "out": 2},
@@ -562,7 +624,7 @@ def bad_array_cases() -> list[Any]:
                 "none": lambda a: None,
                 "list": lambda a: a.tolist(),
             }
-            if fn == "quantize" or name in OUTPUTS:
+            if fn == "quantize" or name in OUTPUTS or (fn, name) == ("conv_ideal", "cols"):
                 variants["read-only"] = readonly
             if name in SHAPE_AXIS.get(fn, {}):
                 axis = SHAPE_AXIS[fn][name]
@@ -605,6 +667,8 @@ BAD_SCALARS = [
     ("im2col", {"sw": 0}, "sw"),
     ("im2col", {"dh": 0}, "dh"),
     ("im2col", {"pw1": -1}, "pw1"),
+    ("conv_ideal", {"sh": 0}, "sh"),
+    ("conv_ideal", {"ph1": -1}, "ph1"),
     ("col2im", {"N": -1}, "N"),
     ("col2im", {"dw": 0}, "dw"),
     ("quantize", {"x_range": 0.0}, "x_range"),

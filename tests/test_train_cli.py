@@ -186,7 +186,9 @@ def test_report_shows_update_counts_and_endurance(
     code, stdout, _ = run_cli(["report", str(out), "--plot", "--json"], capsys)
     files = [Path(f) for f in json.loads(stdout)["files"]]
     assert [f.name.removeprefix(out.name) for f in files] == [
-        ".tiles.png", ".write-pulses.png", ".max-writes.png"
+        ".tiles.png",
+        ".write-pulses.png",
+        ".max-writes.png",
     ]
     for f in files:
         assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
