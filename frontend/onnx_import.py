@@ -953,9 +953,7 @@ def _lower_graph(m: _Model, batch: int) -> tuple[Graph, bool]:
         if node.domain not in ("", "ai.onnx"):
             raise ctx.err(f"op domain {node.domain!r} is not supported")
         fn = LOWER.get(node.op_type)
-        if fn is None:
-            raise ctx.err("op type is not supported")
-        outs = list(fn(ctx))
+        outs = list(fn(ctx) if fn is not None else _fold_unknown(ctx))
         for j, name in enumerate(node.output):
             if not name:
                 continue
@@ -975,6 +973,43 @@ def _lower_graph(m: _Model, batch: int) -> tuple[Graph, bool]:
     # Graph.at_batch rebinds axis 0 of every input, so a graph that also has an input with a
     # fixed first axis is imported at ``batch`` but cannot be rebound.
     return g, symbolic and not fixed
+
+
+def _fold_unknown(ctx: _Ctx) -> list[Value]:
+    """An op without a lowering whose operands are all constants, evaluated at import.
+
+    Exporters emit shape arithmetic with ops xbarc has no IR op for (``Mod``, ``Floor``,
+    ``Ceil``...); on constants they are evaluated once with ONNX's reference evaluator, at
+    the model's opset. Results that follow the batch size are folded only when they are
+    integers (shape arithmetic, rebound through ``batch_coef`` like every folded shape).
+    """
+    node = ctx.node
+    assert node is not None
+    ins = [ctx.env.get(n) if n else None for n in node.input]
+    if node.op_type in ("If", "Loop", "Scan") or any(v is None or v.const is None for v in ins):
+        raise ctx.err("op type is not supported")
+    from onnx.reference import ReferenceEvaluator
+
+    try:
+        ev = ReferenceEvaluator(node, opsets={"": ctx.opset})
+        feeds = {n: np.asarray(v.const) for n, v in zip(node.input, ins, strict=True) if v}
+        arrays = [np.asarray(a) for a in ev.run(None, feeds)]
+    except Exception as e:  # any evaluator failure means "cannot fold"
+        raise ctx.err(
+            f"op type is not supported (folding its constant operands failed: {e})"
+        ) from None
+    if any(a.size > FOLD_LIMIT for a in arrays):
+        raise ctx.err(f"op type is not supported (constant results over {FOLD_LIMIT} elements)")
+    taint = any(id(v) in ctx.tainted for v in ins if v is not None)
+    if taint and any(a.dtype.kind == "f" for a in arrays):
+        raise ctx.err("op type is not supported (its float result follows the batch size)")
+    try:
+        outs = [make_const(a) for a in arrays]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ctx.err(f"op type is not supported (result: {e})") from None
+    if taint:
+        ctx.tainted.update(id(v) for v in outs)
+    return outs
 
 
 def _is_used(gp: onnx.GraphProto, name: str) -> bool:

@@ -591,3 +591,63 @@ def test_golden_ir(name: str, update_golden: bool) -> None:
             )
         )
         pytest.fail(f"IR of {name}.onnx differs from the golden file:\n{diff}")
+
+
+def test_unknown_op_on_constants_folds() -> None:
+    # Shape arithmetic with ops that have no IR op (torch's MultiheadAttention export at
+    # opset 17 emits Mod; ReduceProd, Floor) folds through ONNX's reference evaluator. Here
+    # the integer arithmetic follows the batch: rows = (numel - numel mod 3) / 3 with
+    # numel = N*6 is rebound with the batch; a Floor of a float constant folds too.
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("ReduceProd", ["s"], ["numel"], keepdims=1),
+        helper.make_node("Mod", ["numel", "three"], ["rem"]),
+        helper.make_node("Sub", ["numel", "rem"], ["even"]),
+        helper.make_node("Div", ["even", "three"], ["rows"]),
+        helper.make_node("Concat", ["rows", "minus1"], ["shape"], axis=0),
+        helper.make_node("Reshape", ["x", "shape"], ["y"], name="r"),
+        helper.make_node("Floor", ["half"], ["fl"]),
+        helper.make_node("Mul", ["y", "fl"], ["z"]),
+    ]
+    inits = {
+        "three": np.array([3], np.int64),
+        "minus1": np.array([-1], np.int64),
+        "half": np.array([2.5], np.float32),
+    }
+    model = make_model(nodes, {"x": (np.float32, ["N", 6])}, ["z"], initializers=inits)
+    g = import_model(model, batch=2)
+    assert [n.op.NAME for n in g.nodes] == ["reshape", "mul"]
+    assert g.nodes[0].op.shape == (4, 3)
+    for n in (2, 5):
+        gn = g.at_batch(n)
+        x = randn(n, 6)
+        (got,) = interp.run(gn, [x])
+        (want,) = ort_run(model, {"x": x})
+        assert_close(got, want)
+
+
+def test_unknown_op_on_runtime_values_is_an_error(tmp_path: Path) -> None:
+    nodes = [helper.make_node("Mod", ["x", "x"], ["y"], name="m1", fmod=1)]
+    model = make_model(nodes, {"x": (np.float32, [2, 3])}, [("y", np.float32, [2, 3])])
+    p = _save(tmp_path, model)
+    with pytest.raises(FrontendError) as e:
+        load_onnx(p)
+    msg = _one_line_naming(e, p)
+    assert "m1" in msg and "Mod" in msg and "not supported" in msg
+
+
+def test_unknown_float_op_following_the_batch_is_an_error(tmp_path: Path) -> None:
+    # a float computed from the (symbolic) batch cannot become a constant
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Cast", ["s"], ["sf"], to=onnx.TensorProto.FLOAT),
+        helper.make_node("Floor", ["sf"], ["fl"], name="floor_b"),
+        helper.make_node("ReduceSum", ["fl"], ["t"], keepdims=1),
+        helper.make_node("Mul", ["x", "t"], ["y"]),
+    ]
+    model = make_model(nodes, {"x": (np.float32, ["N", 3])}, ["y"])
+    p = _save(tmp_path, model)
+    with pytest.raises(FrontendError) as e:
+        load_onnx(p)
+    msg = _one_line_naming(e, p)
+    assert "floor_b" in msg and "not supported" in msg
