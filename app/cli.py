@@ -139,30 +139,30 @@ def compile_cmd(
         Path | None, typer.Option("-o", "--output", help="mapped.bin to write.")
     ] = None,
     tile: Annotated[
-        str | None, typer.Option(help="Tile size ROWSxCOLS [default: 256x256].")
+        str | None, typer.Option(help="Tile size ROWSxCOLS \\[default: 256x256].")
     ] = None,
     config: Annotated[
-        Path | None, typer.Option(help="Chip TOML ([chip], [device], [energy]).")
+        Path | None, typer.Option(help="Chip TOML (\\[chip], \\[device], \\[energy]).")
     ] = None,
     batch: Annotated[int, typer.Option(help="Batch size the IR is instantiated at.")] = 1,
     weight_bits: Annotated[
-        int | None, typer.Option(help="Weight bits; 0 = analog [default: 0].")
+        int | None, typer.Option(help="Weight bits; 0 = analog \\[default: 0].")
     ] = None,
     cell_bits: Annotated[
-        int | None, typer.Option(help="Bits per cell (bit slices) [default: 2].")
+        int | None, typer.Option(help="Bits per cell (bit slices) \\[default: 2].")
     ] = None,
     signing: Annotated[str | None, typer.Option(help="differential | offset.")] = None,
     weight_scale: Annotated[
-        float | None, typer.Option(help="Weight per µS (R_wg); 0 = per layer [default: 0].")
+        float | None, typer.Option(help="Weight per µS (R_wg); 0 = per layer \\[default: 0].")
     ] = None,
     dac_bits: Annotated[
-        int | None, typer.Option(help="Input DAC bits; 0 = ideal [default: 8].")
+        int | None, typer.Option(help="Input DAC bits; 0 = ideal \\[default: 8].")
     ] = None,
     adc_bits: Annotated[
-        int | None, typer.Option(help="Column ADC bits; 0 = ideal [default: 8].")
+        int | None, typer.Option(help="Column ADC bits; 0 = ideal \\[default: 8].")
     ] = None,
     input_mode: Annotated[str | None, typer.Option(help="parallel | bit-serial.")] = None,
-    pack: Annotated[str | None, typer.Option(help="none | greedy [default: greedy].")] = None,
+    pack: Annotated[str | None, typer.Option(help="none | greedy \\[default: greedy].")] = None,
     replicate: Annotated[int | None, typer.Option(help="Most copies of a hot layer.")] = None,
     tile_budget: Annotated[
         int | None, typer.Option(help="Most tiles on the chip (0 = any).")
@@ -404,7 +404,7 @@ DataDirOpt = Annotated[
 KernelsOpt = Annotated[
     str, typer.Option(help="cython (default) | numpy (the reference twins, for debugging).")
 ]
-ThreadsOpt = Annotated[int | None, typer.Option(help="Threads for the kernels [default: all].")]
+ThreadsOpt = Annotated[int | None, typer.Option(help="Threads for the kernels \\[default: all].")]
 
 
 @app.command(
@@ -506,27 +506,29 @@ def train_cmd(
     data: DataOpt = "digits",
     data_dir: DataDirOpt = None,
     rule: Annotated[
-        str | None, typer.Option(help="eapu | bp | pulse | mixed | float [eapu].")
+        str | None, typer.Option(help="eapu | bp | pulse | mixed | float \\[eapu].")
     ] = None,
-    optimizer: Annotated[str | None, typer.Option(help="adam | sgd [adam].")] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate [1e-3].")] = None,
-    momentum: Annotated[float | None, typer.Option(help="SGD momentum [0.9].")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Epochs [10].")] = None,
-    batch: Annotated[int | None, typer.Option(help="Batch size [64].")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of every random choice [0].")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="adam | sgd \\[adam].")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate \\[1e-3].")] = None,
+    momentum: Annotated[float | None, typer.Option(help="SGD momentum \\[0.9].")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs \\[10].")] = None,
+    batch: Annotated[int | None, typer.Option(help="Batch size \\[64].")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of every random choice \\[0].")] = None,
     schedule: Annotated[str | None, typer.Option(help="constant | step | cosine.")] = None,
     step_size: Annotated[
         int | None, typer.Option(help="Epochs per step of the step schedule.")
     ] = None,
-    gamma: Annotated[float | None, typer.Option(help="Factor of the step schedule [0.1].")] = None,
-    clip: Annotated[float | None, typer.Option(help="EaPU threshold c in µS [2.0].")] = None,
+    gamma: Annotated[
+        float | None, typer.Option(help="Factor of the step schedule \\[0.1].")
+    ] = None,
+    clip: Annotated[float | None, typer.Option(help="EaPU threshold c in µS \\[2.0].")] = None,
     write_noise: Annotated[
-        float | None, typer.Option(help="Write noise σ in µS [default: the chip's, 2 µS].")
+        float | None, typer.Option(help="Write noise σ in µS \\[default: the chip's, 2 µS].")
     ] = None,
     limit: Annotated[
         int | None, typer.Option(help="Use only the first N train/test samples.")
     ] = None,
-    config: Annotated[Path | None, typer.Option(help="TOML file with a [train] table.")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML file with a \\[train] table.")] = None,
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="Trained mapped.bin.")
     ] = None,

@@ -96,6 +96,31 @@ def test_help_lists_commands_with_examples(
     assert "Example" in out and "--batch" in out
 
 
+def test_option_help_keeps_its_brackets(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Help is rich markup: an unescaped ``[default: 8]`` or ``[train]`` would vanish."""
+    import re
+
+    import typer
+
+    from xbarc.cli import app
+
+    monkeypatch.setenv("COLUMNS", "250")
+    group = typer.main.get_command(app)
+    assert isinstance(group, typer.core.TyperGroup)
+    checked = 0
+    for name, cmd in group.commands.items():
+        code, out, _ = run_cli([name, "--help"], monkeypatch, capsys)
+        assert code == 0
+        for param in cmd.params:
+            text = (getattr(param, "help", None) or "").replace("\\[", "[")
+            for frag in re.findall(r"\[(?!bold\]|/)[^\]]*\]", text):
+                assert frag in out, f"xbarc {name} {param.name}: {frag!r} lost"
+                checked += 1
+    assert checked >= 10
+
+
 def test_subprocess_ir_vit() -> None:
     proc = run_subprocess(["ir", str(MODELS / "vit.onnx")])
     assert proc.returncode == 0, proc.stderr

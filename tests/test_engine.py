@@ -195,8 +195,8 @@ def test_fixed_batch_program_runs_in_chunks(build: Build, tmp_path: Path) -> Non
 
 def test_streamed_convolutions_equal_whole_layer_calls(build: Build) -> None:
     """threads=1 streams convs image by image (ideal) or through im2col in chunks of images:
-    the same rows, the same sums. Without read noise (whose draws are made per chunk) the two agree, also with DAC and
-    ADC; the per-tile counters are identical."""
+    the same rows, the same sums. Without read noise (whose draws are made per chunk) the two
+    agree, also with DAC and ADC; the per-tile counters are identical."""
     dev = DeviceConfig(prog_noise_abs=1.0, read_noise=0.0)
     path = build(REPO / "models" / "resnet8.onnx", tile_rows=64, tile_cols=32, device=dev)
     x = np.random.default_rng(8).standard_normal((9, 3, 32, 32)).astype(np.float32)
