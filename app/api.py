@@ -75,15 +75,28 @@ def compile_model(
 
 
 def load_data(
-    name: str, *, engine_input: tuple[int, ...], data_dir: Path | None, seed: int, limit: int = 0
+    name: str,
+    *,
+    engine_input: tuple[int, ...],
+    engine_output: tuple[int, ...],
+    data_dir: Path | None,
+    seed: int,
+    limit: int = 0,
 ) -> Any:
-    """A data set adapted to the program's per-sample input shape."""
+    """A data set adapted to the program's per-sample input shape.
+
+    ``synthetic`` is generated for the program: its input shape, and one class per output
+    value. A classification set needs a score per class in the program's output.
+    """
     from xbarc.runtime import data as data_mod
 
     synthetic = None
     if name.lower() == "synthetic":
-        synthetic = data_mod.SyntheticSpec(shape=engine_input)
+        synthetic = data_mod.SyntheticSpec(
+            shape=engine_input, classes=data_mod.synthetic_classes(engine_output)
+        )
     ds = data_mod.load(name, data_dir=data_dir, seed=seed, synthetic=synthetic)
+    data_mod.check_classes(ds, engine_output)
     ds = ds.adapted(engine_input)
     return ds.limited(limit) if limit else ds
 
@@ -111,7 +124,14 @@ def evaluate(
 
     note = progress or (lambda _d, _f: None)
     eng = Engine.load(mapped, ideal=ideal, seed=seed, threads=threads, kernels=kernels)
-    ds = load_data(data, engine_input=eng.input_shape, data_dir=data_dir, seed=seed, limit=limit)
+    ds = load_data(
+        data,
+        engine_input=eng.input_shape,
+        engine_output=eng.output_shape,
+        data_dir=data_dir,
+        seed=seed,
+        limit=limit,
+    )
     ref = (
         None
         if ideal
@@ -200,10 +220,13 @@ def train(
         start = ckpt
     prog = backend_mod.load(start)
     eng = Engine(prog, ideal=cfg.rule == "float", seed=cfg.seed, threads=threads, kernels=kernels)
-    from xbarc.runtime import data as data_mod
-
-    synthetic = data_mod.SyntheticSpec(shape=eng.input_shape) if data == "synthetic" else None
-    ds = data_mod.load(data, data_dir=data_dir, seed=cfg.seed, synthetic=synthetic)
+    ds = load_data(
+        data,
+        engine_input=eng.input_shape,
+        engine_output=eng.output_shape,
+        data_dir=data_dir,
+        seed=cfg.seed,
+    )
     trainer = Trainer(eng, cfg, prepare_data(ds, eng, cfg))
     if resume:
         trainer.restore(prog)

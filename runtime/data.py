@@ -199,6 +199,27 @@ class Dataset:
         )
 
 
+def check_classes(data: Dataset, output_shape: tuple[int, ...]) -> None:
+    """Raise :class:`DataError` unless a model's per-sample output has a score per class.
+
+    Classification reads ``argmax`` over the flattened per-sample output, so it needs at
+    least ``data.classes`` values (more are allowed: those classes never occur).
+    """
+    width = math.prod(output_shape)
+    if data.classes and width < data.classes:
+        raise DataError(
+            f"data set {data.name} has {data.classes} classes but the model's output "
+            f"{list(output_shape)} has {width} value(s) per sample; use a model with "
+            f">= {data.classes} outputs (or --data synthetic, which takes the model's)"
+        )
+
+
+def synthetic_classes(output_shape: tuple[int, ...]) -> int:
+    """Classes of a synthetic task for a model: one per output value (2 to 1000), else 10."""
+    width = math.prod(output_shape)
+    return width if 2 <= width <= 1000 else 10
+
+
 def _shape_error(name: str, have: tuple[int, ...], want: tuple[int, ...], why: str) -> DataError:
     return DataError(
         f"{name}: cannot adapt samples of shape {have} to the model input shape {want} ({why})"

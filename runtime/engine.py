@@ -393,6 +393,11 @@ class Engine:
         """Per-sample input shape."""
         return self.program.graph.inputs[0].type.shape[1:]
 
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """Per-sample shape of the (first) output."""
+        return self.program.graph.outputs[0].type.shape[1:]
+
     def graph_for(self, batch: int) -> Graph:
         """The program graph instantiated at ``batch`` (cached)."""
         g = self.program.graph

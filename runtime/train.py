@@ -35,7 +35,7 @@ from xbarc.ir import ops as O
 from xbarc.ir.core import Graph
 from xbarc.runtime import autodiff
 from xbarc.runtime.counters import DigitalCounters, TileCounters
-from xbarc.runtime.data import Dataset, batches
+from xbarc.runtime.data import Dataset, batches, check_classes
 from xbarc.runtime.energy import EnergyModel
 from xbarc.runtime.engine import Engine, Layer
 
@@ -287,13 +287,21 @@ class Trainer:
     def _digital_params(g: Graph) -> dict[int, Array]:
         """Trainable digital parameters: float initializer constants not stored on tiles.
 
+        Excluded: scalars and exponents. Exporters store literals as initializers too
+        (torch's dynamo exporter writes the attention scale, GELU's 0.5 or a ``** 2`` as
+        ``val_N`` scalars), and those are constants of the model, not parameters; a learned
+        scalar (a temperature) is the rare exception that this rule freezes.
+
         Each becomes a writable array owned by the graph (updated in place, so the graphs the
         engine instantiates at other batch sizes see the same data).
         """
         xbar_w = {id(n.inputs[1]) for n in g.nodes if isinstance(n.op, O.XbarMVM)}
+        exponent = {id(n.inputs[1]) for n in g.nodes if isinstance(n.op, O.Pow)}
         params: dict[int, Array] = {}
         for v in g.constants():
             if not v.param or id(v) in xbar_w or v.const is None or not v.type.dtype.is_float:
+                continue
+            if v.type.size <= 1 or id(v) in exponent:
                 continue
             arr = np.array(v.const, dtype=np.float32)
             v.const = arr
@@ -323,6 +331,11 @@ class Trainer:
         else:
             loss, gout = mse(out, y)
             correct = 0
+        if not math.isfinite(loss):
+            raise XbarcError(
+                f"training diverged at epoch {epoch + 1}, batch {index + 1}: the loss is {loss} "
+                f"(rule {self.cfg.rule}, lr {self.lr_at(epoch):g}); lower --lr or check the model"
+            )
         wgrads, pgrads = self._backward(tape, gout)
         self._apply(wgrads, pgrads, self.lr_at(epoch))
         self.step_count += 1
@@ -872,11 +885,9 @@ class Trainer:
 
 
 def prepare_data(data: Dataset, engine: Engine, cfg: TrainConfig) -> Dataset:
-    """Adapt a data set to the program's input shape and apply ``limit``."""
-    try:
-        d = data.adapted(engine.input_shape)
-    except DataError:
-        raise
+    """Adapt a data set to the program's input and output shapes and apply ``limit``."""
+    check_classes(data, engine.output_shape)
+    d = data.adapted(engine.input_shape)
     if cfg.limit:
         d = d.limited(cfg.limit)
     if d.x_train.shape[0] == 0:

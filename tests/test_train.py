@@ -470,3 +470,61 @@ def test_incremental_gdiff_matches_a_full_engine_refresh(tiny: Path) -> None:
             if k in ("rms", "rms_t"):  # refreshed every RECAL_EVERY steps only
                 continue
             np.testing.assert_array_equal(before[k], after[k], err_msg=k)
+
+
+def test_scalar_and_exponent_initializers_are_not_trained(tmp_path: Path) -> None:
+    """Exporters store literals as initializers (dynamo: ``val_N``); they stay constants."""
+    import onnx
+
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Gemm", ["input", "w1", "b1"], ["h"], transB=1),
+        helper.make_node("Mul", ["h", "scale"], ["hs"]),
+        helper.make_node("Clip", ["hs", "lo", "hi"], ["hc"]),
+        helper.make_node("Pow", ["hc", "two"], ["hp"]),
+        helper.make_node("Mul", ["hp", "gamma"], ["hg"]),
+        helper.make_node("Gemm", ["hg", "w2", "b2"], ["logits"], transB=1),
+    ]
+    inits = {
+        "w1": (rng.standard_normal((6, 8)) * 0.4).astype(np.float32),
+        "b1": (rng.standard_normal(6) * 0.1).astype(np.float32),
+        "scale": np.array(0.5, np.float32),
+        "lo": np.array(-1.0, np.float32),
+        "hi": np.array(1.0, np.float32),
+        "two": np.array([2.0, 2.0, 2.0, 2.0, 2.0, 2.0], np.float32),
+        "gamma": np.ones(6, np.float32),
+        "w2": (rng.standard_normal((3, 6)) * 0.4).astype(np.float32),
+        "b2": (rng.standard_normal(3) * 0.1).astype(np.float32),
+    }
+    model = make_model(
+        nodes, {"input": (np.float32, ["N", 8])}, [("logits", np.float32, ["N", 3])],
+        initializers=inits,
+    )  # fmt: skip
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    out = tmp_path / "m.mapped.bin"
+    api.compile_model(tmp_path / "m.onnx", ChipConfig(weight_scale=0.0125), output=out)
+    eng = Engine.load(out, threads=1)
+    tr = Trainer(eng, TrainConfig(rule="eapu", epochs=1, batch=16, seed=0), tiny_data())
+    names = sorted(
+        v.name for v in eng.program.graph.constants() if v.const is not None and id(v.const)
+        in tr.params
+    )  # fmt: skip
+    assert names == ["b1", "b2", "gamma"]  # biases and the vector scale: digital, exact
+    before = {v.name: np.array(v.const) for v in eng.program.graph.constants()}
+    tr.run_epoch(0)
+    after = {v.name: np.array(v.const) for v in eng.program.graph.constants()}
+    assert "two" in before  # the exponent is a (non-scalar) initializer that stays
+    for k in before.keys() - set(names):
+        np.testing.assert_array_equal(after[k], before[k])
+    assert not np.array_equal(after["gamma"], before["gamma"])
+
+
+def test_a_diverged_loss_is_one_clear_error(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from xbarc.errors import XbarcError
+
+    eng = Engine.load(tiny, threads=1)
+    tr = Trainer(eng, TrainConfig(rule="eapu", epochs=1, batch=16, seed=0), tiny_data())
+    real = eng.forward
+    monkeypatch.setattr(eng, "forward", lambda x, **kw: real(x, **kw) * np.float32(np.nan))
+    with pytest.raises(XbarcError, match=r"diverged at epoch 1, batch 1: the loss is nan"):
+        tr.run_epoch(0)

@@ -246,3 +246,38 @@ def test_killed_run_resumes_with_the_cli(mapped: Path) -> None:
     for x, y in zip(consts_a, consts_b, strict=True):
         np.testing.assert_array_equal(x, y)
     assert a.extra["training"] == b.extra["training"]
+
+
+@pytest.fixture(scope="module")
+def tiny3(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model with 3 outputs (the tiny MLP of test_train)."""
+    from test_train import tiny_mlp
+
+    d = tmp_path_factory.mktemp("tiny3")
+    out = d / "tiny3.mapped.bin"
+    api.compile_model(tiny_mlp(d / "tiny3.onnx"), ChipConfig(weight_scale=0.0125), output=out)
+    return out
+
+
+def test_fewer_outputs_than_classes_exit_2(tiny3: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tiny3.with_name("t.trained.bin")
+    for cmd in (["train", str(tiny3), "-o", str(out)], ["eval", str(tiny3)]):
+        code, _, stderr = run_cli([*cmd, *COMMON], capsys)
+        assert code == 2, stderr
+        lines = [ln for ln in stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and "10 classes" in lines[0] and "[3]" in lines[0], stderr
+        assert not out.exists()
+
+
+def test_synthetic_data_takes_the_models_classes(
+    tiny3: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tiny3.with_name("s.trained.bin")
+    args = ["--data", "synthetic", "--limit", "96", "--epochs", "1", "--threads", "1"]
+    code, stdout, stderr = run_cli(["train", str(tiny3), *args, "-o", str(out), "--json"], capsys)
+    assert code == 0, stderr
+    assert json.loads(stdout)["history"][0]["test_acc"] >= 0
+    from xbarc.runtime import data as data_mod
+
+    assert data_mod.synthetic_classes((3,)) == 3
+    assert data_mod.synthetic_classes((1,)) == 10  # one output: no classes to take
