@@ -7,9 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from xbarc.backend import lower as backend
 from xbarc.backend import report as report_mod
-from xbarc.errors import XbarcError
+from xbarc.errors import DataError, XbarcError
 from xbarc.frontend import load_onnx
 from xbarc.passes import ChipConfig, default_pipeline
 from xbarc.passes.base import Pass
@@ -82,6 +84,7 @@ def load_data(
     data_dir: Path | None,
     seed: int,
     limit: int = 0,
+    engine_dtype: np.dtype[Any] | None = None,
 ) -> Any:
     """A data set adapted to the program's per-sample input shape.
 
@@ -90,6 +93,11 @@ def load_data(
     """
     from xbarc.runtime import data as data_mod
 
+    if engine_dtype is not None and engine_dtype.kind != "f":
+        raise DataError(
+            f"the model's input is {engine_dtype} (token ids?); xbarc's data sets hold float "
+            "samples: run such a model through the Python API (Engine.forward)"
+        )
     synthetic = None
     if name.lower() == "synthetic":
         synthetic = data_mod.SyntheticSpec(
@@ -128,6 +136,7 @@ def evaluate(
         data,
         engine_input=eng.input_shape,
         engine_output=eng.output_shape,
+        engine_dtype=eng.program.graph.inputs[0].type.dtype.numpy,
         data_dir=data_dir,
         seed=seed,
         limit=limit,
@@ -224,6 +233,7 @@ def train(
         data,
         engine_input=eng.input_shape,
         engine_output=eng.output_shape,
+        engine_dtype=eng.program.graph.inputs[0].type.dtype.numpy,
         data_dir=data_dir,
         seed=cfg.seed,
     )

@@ -412,12 +412,8 @@ class Engine:
 
         Programs with a fixed batch size run in chunks of that size (the last one padded).
         """
-        x = np.ascontiguousarray(x, np.float32)
+        x = self._as_input(x, "forward")
         want = self.input_shape
-        if x.ndim != len(want) + 1 or tuple(x.shape[1:]) != want:
-            raise ValueError(
-                f"forward: x has shape {x.shape}, expected (N, {', '.join(map(str, want))})"
-            )
         if not self.calibrated and not self.ideal:  # ideal converters need no ranges
             self.calibrate(x)
         g = self.program.graph
@@ -428,12 +424,34 @@ class Engine:
                 chunk = x[i : i + b0]
                 n = chunk.shape[0]
                 if n < b0:
-                    chunk = np.concatenate([chunk, np.zeros((b0 - n, *want), np.float32)])
+                    chunk = np.concatenate([chunk, np.zeros((b0 - n, *want), x.dtype)])
                 outs.append(self._run(g, chunk, tape)[0][:n])
                 # The padding ran on the tiles (its work stays in the counters) but is no sample.
                 self.samples -= b0 - n
             return np.concatenate(outs)
         return self._run(self.graph_for(x.shape[0]), x, tape)[0]
+
+    def _as_input(self, x: Array, fn: str) -> Array:
+        """``x`` checked against the input's per-sample shape, in the input's dtype.
+
+        Float inputs are float32; an integer input (token ids of an embedding) must hold
+        integers.
+        """
+        dtype = self.program.graph.inputs[0].type.dtype.numpy
+        arr = np.asarray(x)
+        if (
+            dtype.kind in "iu"
+            and arr.dtype.kind not in "iub"
+            and not np.array_equal(arr, np.round(arr))
+        ):
+            raise ValueError(f"{fn}: the model's input is {dtype}; x holds non-integers")
+        x = np.ascontiguousarray(arr, dtype)
+        want = self.input_shape
+        if x.ndim != len(want) + 1 or tuple(x.shape[1:]) != want:
+            raise ValueError(
+                f"{fn}: x has shape {x.shape}, expected (N, {', '.join(map(str, want))})"
+            )
+        return x
 
     def _run(self, g: Graph, x: Array, tape: list[Any] | None) -> list[Array]:
         env: dict[int, Array] = {id(g.inputs[0]): x}

@@ -35,7 +35,7 @@ from helpers import ort_run
 from xbarc import api
 from xbarc.backend import lower as backend
 from xbarc.backend.report import input_cycles
-from xbarc.errors import FormatError
+from xbarc.errors import DataError, FormatError
 from xbarc.ir import interp
 from xbarc.ir import ops as O
 from xbarc.passes import ChipConfig
@@ -647,3 +647,37 @@ def test_eval_energy_is_counters_times_constants(build: Build, ideal: bool) -> N
         assert res["output_error"] is None
     else:
         assert 0 < res["output_error"] < 0.5
+
+
+def test_integer_token_input_runs_and_matches_onnxruntime(build: Build, tmp_path: Path) -> None:
+    """An embedding model takes int64 token ids; the engine feeds them as integers."""
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Gather", ["emb", "tokens"], ["e"], axis=0),
+        helper.make_node("ReduceMean", ["e"], ["m"], axes=[1], keepdims=0),
+        helper.make_node("Gemm", ["m", "w", "b"], ["input_out"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "emb",
+        [helper.make_tensor_value_info("tokens", TensorProto.INT64, ["N", 7])],
+        [helper.make_tensor_value_info("input_out", TensorProto.FLOAT, ["N", 4])],
+        initializer=[
+            numpy_helper.from_array(rng.standard_normal((50, 16)).astype(np.float32), "emb"),
+            numpy_helper.from_array(rng.standard_normal((4, 16)).astype(np.float32), "w"),
+            numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / "emb.onnx"
+    onnx.save(model, str(path))
+    eng = Engine.load(build(path), ideal=True, threads=1)
+    tokens = rng.integers(0, 50, (5, 7))
+    want = ort_run(path, {"tokens": tokens})[0]
+    assert rel_err(eng.forward(tokens), want) <= 1e-5
+    assert rel_err(eng.forward(tokens.astype(np.float32)), want) <= 1e-5  # whole floats are ok
+    with pytest.raises(ValueError, match="non-integers"):
+        eng.forward(tokens + 0.5)
+    with pytest.raises(DataError, match="int64"):
+        api.evaluate(build(path), "synthetic")
