@@ -583,6 +583,35 @@ def _l_ln(c: _Ctx) -> list[Value | None]:
     ]
 
 
+@lower("InstanceNormalization")
+def _l_instance_norm(c: _Ctx) -> list[Value]:
+    """Normalise each (sample, channel) over the spatial axes, then scale and shift per channel.
+
+    Lowered to ``layer_norm`` over axes ``2..`` (unit scale, zero shift) followed by a
+    per-channel ``mul`` and ``add``; torch's GroupNorm exports as this op between reshapes.
+    """
+    x = c.need(0)
+    if x.type.rank < 3:
+        raise c.err(f"input {x.type} needs a channel axis and at least one spatial axis")
+    ch, spatial = x.type.shape[1], x.type.shape[2:]
+    dt = x.type.dtype.numpy
+    eps = float(c.attr("epsilon", 1e-5))
+    ones = make_const(np.ones(spatial, dt))
+    zeros = make_const(np.zeros(spatial, dt))
+    (y,) = c.emit(O.LayerNorm(axis=2, epsilon=eps), [x, ones, zeros], fold=False)
+    per_channel = (ch,) + (1,) * len(spatial)
+    for i, op in ((1, O.Mul()), (2, O.Add())):
+        v = c.need(i)
+        if v.type.shape != (ch,):
+            raise c.err(f"input {i} has shape {list(v.type.shape)}, expected [{ch}]")
+        if v.const is not None:
+            v = make_const(np.asarray(v.const).reshape(per_channel), v.name, param=v.param)
+        else:
+            (v,) = c.emit(O.Reshape(shape=per_channel), [v])
+        (y,) = c.emit(op, [y, v], fold=False)
+    return [y]
+
+
 @lower("Softmax", "LogSoftmax")
 def _l_softmax(c: _Ctx) -> list[Value]:
     x = c.need(0)

@@ -58,7 +58,8 @@ def test_every_supported_op_is_covered() -> None:
         "Abs", "Add", "AveragePool", "BatchNormalization", "Cast", "CastLike", "Clip", "Concat",
         "Constant", "ConstantOfShape", "Conv", "Div", "Dropout", "Equal", "Erf", "Exp", "Expand",
         "Flatten", "Gather", "Gelu", "Gemm", "GlobalAveragePool", "GlobalMaxPool", "Greater",
-        "GreaterOrEqual", "HardSigmoid", "HardSwish", "Identity", "LayerNormalization",
+        "GreaterOrEqual", "HardSigmoid", "HardSwish", "Identity", "InstanceNormalization",
+        "LayerNormalization",
         "LeakyRelu", "Less", "LessOrEqual", "Log", "LogSoftmax", "MatMul", "Max", "MaxPool",
         "Min", "Mul", "Neg", "Not", "Pad", "Pow", "Range", "Reciprocal", "ReduceMax",
         "ReduceMean", "ReduceSum", "Relu", "Reshape", "Shape", "Sigmoid", "Size", "Slice",
@@ -400,6 +401,17 @@ def test_layer_norm(axis: int, bias: bool) -> None:
 def test_layer_norm_broadcast_scale_and_epsilon() -> None:
     consts = {"s": randn(4, seed=1), "b": randn(1, seed=2)}
     node_check("LayerNormalization", {"x": randn(2, 3, 4)}, consts=consts, axis=1, epsilon=0.1)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5), (2, 3, 4, 5), (1, 2, 3, 2, 2)])
+def test_instance_norm(shape: tuple[int, ...]) -> None:
+    consts = {"s": randn(shape[1], seed=1), "b": randn(shape[1], seed=2)}
+    node_check("InstanceNormalization", {"x": randn(*shape) * 2 + 1}, consts=consts)
+    node_check("InstanceNormalization", {"x": randn(*shape)}, consts=consts, epsilon=0.3)
+
+
+def test_instance_norm_with_runtime_scale() -> None:
+    node_check("InstanceNormalization", {"x": randn(2, 3, 4, 4), "s": randn(3), "b": randn(3)})
 
 
 # ----------------------------------------------------------------------------- reductions
