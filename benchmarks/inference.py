@@ -6,7 +6,7 @@ Printed (medians over ``--repeats`` after warm-up; no asserts):
 
 * **throughput vs onnxruntime**: ``Engine`` in ideal mode against onnxruntime's CPU provider
   on the same ONNX file, both at ``--threads`` threads (onnxruntime: ``intra_op_num_threads``,
-  ``inter_op_num_threads = 1``; the engine: ``threads=`` for its OpenMP kernels and
+  ``inter_op_num_threads = 1``, no spinning; the engine: ``threads=`` for its OpenMP kernels and
   threadpoolctl for BLAS), for the bundled ResNet-8 and ViT at ``--batch``. The two are timed
   alternately so both see the same machine load. Goal ≥ 0.5.
 * **first call**: the ideal engine's first forward (graph rebinding to the batch; an ideal
@@ -111,6 +111,10 @@ def vs_onnxruntime(model: str, path: Path, batch: int, threads: int, repeats: in
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
+    # onnxruntime's workers spin after each run by default; timed alternately with the engine
+    # on a small machine, they would take the cores from the engine's next forward (whose
+    # OpenMP threads wait passively, see runtime/__init__.py). Neither side spins.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.log_severity_level = 3
     sess = ort.InferenceSession(
         str(MODELS / f"{model}.onnx"), so, providers=["CPUExecutionProvider"]

@@ -62,13 +62,16 @@ cdef extern from *:
     #ifdef _OPENMP
     #include <omp.h>
     static int xbarc_max_threads(void) { return omp_get_max_threads(); }
+    static int xbarc_thread_num(void) { return omp_get_thread_num(); }
     static const int xbarc_openmp = 1;
     #else
     static int xbarc_max_threads(void) { return 1; }
+    static int xbarc_thread_num(void) { return 0; }
     static const int xbarc_openmp = 0;
     #endif
     """
     int xbarc_max_threads() noexcept nogil
+    int xbarc_thread_num() noexcept nogil
     const int xbarc_openmp
 
 OPENMP = bool(xbarc_openmp)
@@ -382,36 +385,70 @@ cdef void _col2im_plane(const float* cols, float* o, Py_ssize_t nc, Py_ssize_t C
 
 
 
-cdef void _conv_ideal(const float* x, const float* g, const float* slice_w, const float* bias,
-                      float* cols, float* work, float* out, Py_ssize_t N, Py_ssize_t C,
-                      Py_ssize_t H, Py_ssize_t W, Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t M,
-                      Py_ssize_t S, int kh, int kw, int sh, int sw, int ph0, int pw0, int dh,
-                      int dw) noexcept nogil:
-    """Body of :func:`conv_ideal`; requires N, C, M, S, Ho, Wo >= 1."""
-    cdef Py_ssize_t P = Ho * Wo, K = C * kh * kw, n, s, m, q, strip
+cdef inline float _relu(float v) noexcept nogil:
+    """max(v, 0), with NaN kept (as ``np.maximum(v, 0)``)."""
+    return v if not (v < 0) else 0.0
+
+
+cdef void _conv_block_shape(Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t K, Py_ssize_t M,
+                            Py_ssize_t* rb, Py_ssize_t* mb) noexcept nogil:
+    """Output rows ``rb`` and channels ``mb`` of one :func:`conv_ideal` work item.
+
+    At most ``SGEMM_MAX_MNK`` multiply-adds per sgemm (so OpenBLAS runs it on the calling
+    thread inside the parallel region): all channels when a whole output row allows, else
+    fewer; as many output rows as fit. Depends on the shapes only.
+    """
+    cdef Py_ssize_t row = Wo * K
+    mb[0] = M if row * M <= SGEMM_MAX_MNK else (SGEMM_MAX_MNK // row if row <= SGEMM_MAX_MNK
+                                                 else 1)
+    mb[0] = 1 if mb[0] < 1 else mb[0]
+    rb[0] = SGEMM_MAX_MNK // (row * mb[0])
+    rb[0] = 1 if rb[0] < 1 else (Ho if rb[0] > Ho else rb[0])
+
+
+cdef void _conv_item(const float* x, const float* g, const float* slice_w, const float* bias,
+                     float* cols, float* work, float* out, Py_ssize_t item, Py_ssize_t nrb,
+                     Py_ssize_t nmb, Py_ssize_t rb, Py_ssize_t mb, Py_ssize_t C, Py_ssize_t H,
+                     Py_ssize_t W, Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t M, Py_ssize_t S,
+                     int kh, int kw, int sh, int sw, int ph0, int pw0, int dh, int dw,
+                     bint relu) noexcept nogil:
+    """Work item ``item`` of :func:`conv_ideal`: image, block of output rows, block of channels.
+
+    im2col of the block's rows into ``cols`` (this thread's), one sgemm per slice into
+    ``work``, then ``work`` transposed plus the bias into the output planes, all in cache.
+    """
+    cdef Py_ssize_t P = Ho * Wo, K = C * kh * kw
+    cdef Py_ssize_t n = item // (nrb * nmb), rem = item % (nrb * nmb)
+    cdef Py_ssize_t oh0 = (rem // nmb) * rb, m0 = (rem % nmb) * mb
+    cdef Py_ssize_t nrows = rb if oh0 + rb <= Ho else Ho - oh0
+    cdef Py_ssize_t nm = mb if m0 + mb <= M else M - m0
+    cdef Py_ssize_t q, s, m, np_ = nrows * Wo
     cdef char tn = b"N"
-    cdef int bm = <int>M, bn = <int>P, bk = <int>K, lda = <int>M, ldb = <int>K, ldc = <int>M
+    cdef int bm = <int>nm, bn = <int>np_, bk = <int>K, lda = <int>M, ldb = <int>K
+    cdef int ldc = <int>nm
     cdef float alpha, beta, one = 1.0, zero = 0.0, b
     cdef float* o
     cdef const float* w
-    for n in range(N):
-        # im2col of image n: its strips are rows n*Ho .. n*Ho + Ho - 1 of the whole batch's
-        for strip in range(Ho):
-            _im2col_strip(x, cols + strip * Wo * K, n * Ho + strip, C, H, W, Ho, Wo, kh, kw,
-                          sh, sw, ph0, pw0, dh, dw)
-        # work[P, M] = sum_s slice_w[s] * cols[P, K] @ g[s][K, M]  (column-major: transposed)
-        for s in range(S):
-            alpha = slice_w[s]
-            beta = zero if s == 0 else one
-            sgemm(&tn, &tn, &bm, &bn, &bk, &alpha, <float*>g + s * K * M, &lda, cols, &ldb,
-                  &beta, work, &ldc)
-        # the image's output planes: out[n, m, :] = work[:, m] + bias[m], while work is in cache
-        o = out + n * M * P
-        for m in range(M):
-            b = bias[m] if bias != NULL else 0.0
-            w = work + m
-            for q in range(P):
-                o[m * P + q] = w[q * M] + b
+    for q in range(nrows):
+        _im2col_strip(x, cols + q * Wo * K, n * Ho + oh0 + q, C, H, W, Ho, Wo, kh, kw, sh, sw,
+                      ph0, pw0, dh, dw)
+    # work[np_, nm] = sum_s slice_w[s] * cols[np_, K] @ g[s][K, m0 : m0 + nm] (column-major:
+    # the transposed product)
+    for s in range(S):
+        alpha = slice_w[s]
+        beta = zero if s == 0 else one
+        sgemm(&tn, &tn, &bm, &bn, &bk, &alpha, <float*>g + s * K * M + m0, &lda, cols, &ldb,
+              &beta, work, &ldc)
+    for m in range(nm):
+        b = bias[m0 + m] if bias != NULL else 0.0
+        o = out + (n * M + m0 + m) * P + oh0 * Wo
+        w = work + m
+        if relu:
+            for q in range(np_):
+                o[q] = _relu(w[q * nm] + b)
+        else:
+            for q in range(np_):
+                o[q] = w[q * nm] + b
 
 
 cdef inline float _norm(const float* v, Py_ssize_t n) noexcept nogil:
@@ -651,33 +688,39 @@ def im2col(x, int kh, int kw, int sh, int sw, int ph0, int pw0, int ph1, int pw1
 
 
 def conv_ideal(x, g, slice_w, int kh, int kw, int sh, int sw, int ph0, int pw0, int ph1,
-               int pw1, int dh, int dw, bias, cols, work, out):
+               int pw1, int dh, int dw, bias, cols, work, out, int n_threads=1,
+               bint relu=False):
     """A convolution on ideal crossbars, written in NCHW: ``out[n, m, p] = bias[m] +
     sum_s slice_w[s] * sum_k g[s, k, m] * col[n, p, k]``, where ``col`` is :func:`im2col` of
     ``x`` (row ``n*Ho*Wo + p``).
 
     The ideal-mode (no noise, ideal converters) single-group convolution of an inference-only
-    forward, image by image so that everything stays in cache: the image's :func:`im2col` rows
-    into ``cols``, one sgemm per slice accumulating into ``work``, and ``work`` transposed (plus
-    the bias) into the image's ``[M, Ho*Wo]`` output planes. Per image the sgemm is as fast as
-    on the whole batch's columns (which no longer go through memory), and the layout change
-    reads from cache. BLAS does the threading.
-    Equal to ``mvm_forward`` on ``im2col(x)`` (ideal ADC, no noise) plus the bias, transposed
-    per image, up to float summation order.
+    forward. A ``prange`` over work items (an image, a block of its output rows, a block of
+    channels, sized by the shapes only), each in cache: the rows' :func:`im2col` into the
+    thread's ``cols``, one small sgemm per slice (at most ``SGEMM_MAX_MNK`` multiply-adds, so
+    OpenBLAS runs it on the calling thread) into the thread's ``work``, and ``work`` transposed
+    plus the bias into the output planes. No ``[N*Ho*Wo, K]`` matrix goes through memory and
+    no layout change follows. Every output element is one item's, summed in a fixed order:
+    bit-identical for every ``n_threads``. Equal to ``mvm_forward`` on ``im2col(x)`` (ideal
+    ADC, no noise) plus the bias, transposed per image, up to float summation order.
 
     Args (C-contiguous float32): ``x[N, C, H, W]`` IN, ``g[S, C*kh*kw, M]`` IN, ``slice_w[S]``
-    IN, the window as in :func:`im2col`, ``bias[M]`` IN or empty (no bias), ``cols[Ho*Wo,
-    C*kh*kw]`` and ``work[Ho*Wo, M]`` scratch, ``out[N, M, Ho*Wo]`` OUT (overwritten).
+    IN, the window as in :func:`im2col`, ``bias[M]`` IN or empty (no bias), ``cols[n_threads,
+    Ho*Wo, C*kh*kw]`` and ``work[n_threads, Ho*Wo, M]`` scratch (a thread uses the first rows
+    of its slab; untouched pages of ``np.empty`` cost nothing), ``out[N, M, Ho*Wo]`` OUT
+    (overwritten), ``n_threads >= 1``; ``relu``: write ``max(out, 0)`` instead (a ReLU fused
+    into the output pass).
     """
     fn = "conv_ideal"
     cdef const float[:, :, :, ::1] xv = _in4(fn, "x", x)  # IN
     cdef const float[:, :, ::1] gv = _in3(fn, "g", g)  # IN
     cdef const float[::1] wv = _in1(fn, "slice_w", slice_w)  # IN
     cdef const float[::1] bv = _in1(fn, "bias", bias)  # IN
-    cdef float[:, ::1] cv = _out2(fn, "cols", cols)  # scratch
-    cdef float[:, ::1] kv = _out2(fn, "work", work)  # scratch
+    cdef float[:, :, ::1] cv = _out3(fn, "cols", cols)  # scratch
+    cdef float[:, :, ::1] kv = _out3(fn, "work", work)  # scratch
     cdef float[:, :, ::1] ov = _out3(fn, "out", out)  # OUT
     _check_window(fn, kh, kw, sh, sw, ph0, pw0, ph1, pw1, dh, dw)
+    _positive(fn, "n_threads", n_threads)
     cdef Py_ssize_t N = xv.shape[0], C = xv.shape[1], H = xv.shape[2], W = xv.shape[3]
     cdef Py_ssize_t S = gv.shape[0], M = gv.shape[2], K = C * kh * kw
     cdef Py_ssize_t Ho = _out_size(H, kh, sh, ph0, ph1, dh)
@@ -686,8 +729,8 @@ def conv_ideal(x, g, slice_w, int kh, int kw, int sh, int sw, int ph0, int pw0, 
     _expect(fn, "slice_w", (wv.shape[0],), (S,))
     if bv.shape[0] != 0:
         _expect(fn, "bias", (bv.shape[0],), (M,))
-    _expect(fn, "cols", (cv.shape[0], cv.shape[1]), (Ho * Wo, K))
-    _expect(fn, "work", (kv.shape[0], kv.shape[1]), (Ho * Wo, M))
+    _expect(fn, "cols", (cv.shape[0], cv.shape[1], cv.shape[2]), (n_threads, Ho * Wo, K))
+    _expect(fn, "work", (kv.shape[0], kv.shape[1], kv.shape[2]), (n_threads, Ho * Wo, M))
     _expect(fn, "out", (ov.shape[0], ov.shape[1], ov.shape[2]), (N, M, Ho * Wo))
     _check_blas_dims(fn, Ho * Wo, K, M)
     _disjoint(fn, {"out": out, "cols": cols, "work": work},
@@ -700,12 +743,28 @@ def conv_ideal(x, g, slice_w, int kh, int kw, int sh, int sw, int ph0, int pw0, 
         o[...] = 0
         if bv.shape[0]:
             o += np.asarray(bv)[:, None]
+        if relu:
+            np.maximum(o, 0, out=o)
         return
     cdef const float* bp = &bv[0] if bv.shape[0] else NULL
+    cdef Py_ssize_t rb, mb, nrb, nmb, item
+    _conv_block_shape(Ho, Wo, K, M, &rb, &mb)
+    nrb = (Ho + rb - 1) // rb
+    nmb = (M + mb - 1) // mb
+    cdef const float* xp = &xv[0, 0, 0, 0]
+    cdef const float* gp = &gv[0, 0, 0]
+    cdef const float* swp = &wv[0]
+    cdef float* cp = &cv[0, 0, 0]
+    cdef float* kp = &kv[0, 0, 0]
+    cdef float* op = &ov[0, 0, 0]
+    cdef Py_ssize_t cstride = Ho * Wo * K, kstride = Ho * Wo * M
+    cdef int tid
     with nogil:
-        _conv_ideal(&xv[0, 0, 0, 0], &gv[0, 0, 0], &wv[0], bp, &cv[0, 0], &kv[0, 0],
-                    &ov[0, 0, 0], N, C, H, W, Ho, Wo, M, S, kh, kw, sh, sw, ph0, pw0, dh, dw)
-
+        for item in prange(N * nrb * nmb, num_threads=n_threads, schedule="static"):
+            tid = xbarc_thread_num()
+            _conv_item(xp, gp, swp, bp, cp + tid * cstride, kp + tid * kstride, op, item, nrb,
+                       nmb, rb, mb, C, H, W, Ho, Wo, M, S, kh, kw, sh, sw, ph0, pw0, dh, dw,
+                       relu)
 
 def col2im(cols, int N, int C, int H, int W, int kh, int kw, int sh, int sw, int ph0, int pw0,
            int ph1, int pw1, int dh, int dw, out, int n_threads=1):

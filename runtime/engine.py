@@ -282,6 +282,7 @@ class Engine:
         self.rng = np.random.default_rng([seed, 1])
         self._graphs: dict[int, Graph] = {}
         self._use_counts: dict[int, tuple[Graph, dict[int, int]]] = {}
+        self._fusions: dict[tuple[int, bool], tuple[Graph, dict[int, int]]] = {}
         self.layers: dict[str, Layer] = {}
         self._build_layers()
         self.program_weights(seed)
@@ -459,6 +460,8 @@ class Engine:
         # Without a tape, each value is dropped after its last use, so the allocator reuses
         # its memory (fresh pages cost a fault each; for a ViT that was half the forward).
         remaining = None if tape is not None else self._uses(g)
+        fusions = self._relu_fusions(g) if tape is None else {}
+        fused = set(fusions.values())
 
         def fetch(v: Value) -> Array:
             return v.const if v.const is not None else env[id(v)]
@@ -466,11 +469,14 @@ class Engine:
         for node in g.nodes:
             args = [fetch(v) for v in node.inputs]
             if isinstance(node.op, O.XbarMVM):
-                y, aux = self._xbar(node, args, keep=tape is not None)
+                y, aux = self._xbar(node, args, keep=tape is not None, relu=id(node) in fusions)
                 outs: tuple[Array, ...] = (y,)
             else:
-                fast = FAST_DIGITAL.get(type(node.op)) if tape is None else None
-                outs = (fast and fast(node.op, args)) or interp.eval_node(node, args)
+                if id(node) in fused:  # the conv before it applied the ReLU
+                    outs = (args[0],)
+                else:
+                    fast = FAST_DIGITAL.get(type(node.op)) if tape is None else None
+                    outs = (fast and fast(node.op, args)) or interp.eval_node(node, args)
                 aux = None
                 if node.placement is not None:
                     self.digital.macs += node.placement.macs * batch
@@ -567,20 +573,66 @@ class Engine:
             np.ascontiguousarray(cols[:, gi * r : (gi + 1) * r]) for gi in range(layer.groups)
         ], lead
 
-    def _xbar(self, node: Node, args: list[Array], *, keep: bool = True) -> tuple[Array, Any]:
+    def _whole_conv(self, node: Node) -> bool:
+        """A 2-D single-group convolution (it can run without materialising its im2col)."""
+        op = node.op
+        assert isinstance(op, O.XbarMVM)
+        layer = self.layers[op.layer]
+        return op.kind == "conv" and layer.groups == 1 and len(op.kernel) == 2
+
+    def _runs_conv_ideal(self, node: Node) -> bool:
+        """Whether an inference forward runs ``node`` through :meth:`_conv_ideal`."""
+        op = node.op
+        assert isinstance(op, O.XbarMVM)
+        return self._whole_conv(node) and self._ideal() and not self.layers[op.layer].lm.offset
+
+    def _relu_fusions(self, g: Graph) -> dict[int, int]:
+        """``id(conv node) → id(relu node)`` where an ideal conv's only use is a ReLU.
+
+        In an inference forward such a conv applies the ReLU while writing its output (see
+        :meth:`_conv_ideal`) and the ReLU node passes its input through (its digital work is
+        still counted).
+        """
+        key = (id(g), self._ideal())
+        cached = self._fusions.get(key)
+        if cached is not None and cached[0] is g:
+            return cached[1]
+        users: dict[int, list[Node]] = {}
+        for node in g.nodes:
+            for v in node.inputs:
+                users.setdefault(id(v), []).append(node)
+        outputs = {id(v) for v in g.outputs}
+        fusions = {}
+        for node in g.nodes:
+            if not isinstance(node.op, O.XbarMVM) or not self._runs_conv_ideal(node):
+                continue
+            y = node.outputs[0]
+            use = users.get(id(y), [])
+            if id(y) not in outputs and len(use) == 1 and isinstance(use[0].op, O.Relu):
+                fusions[id(node)] = id(use[0])
+        self._fusions[key] = (g, fusions)
+        return fusions
+
+    def _xbar(
+        self, node: Node, args: list[Array], *, keep: bool = True, relu: bool = False
+    ) -> tuple[Array, Any]:
         """Run one crossbar layer; returns its output and (with ``keep``) its layer inputs.
 
-        Without ``keep`` (no tape), a single-threaded engine streams a single-group
-        convolution image by image when it is ideal (:meth:`_conv_ideal`), else through im2col
-        in chunks of images (:meth:`_conv_streamed`), and returns no layer inputs.
+        Without ``keep`` (no tape), a single-group convolution runs as cache-sized work items
+        when the engine is ideal (:meth:`_conv_ideal`, any thread count; with ``relu`` it
+        applies a ReLU to its output, see :meth:`_relu_fusions`); else a single-threaded
+        engine streams it through im2col in chunks of images (:meth:`_conv_streamed`).
+        Neither returns layer inputs.
         """
         op = node.op
         assert isinstance(op, O.XbarMVM)
         layer = self.layers[op.layer]
-        streamed = not keep and self.threads == 1 and op.kind == "conv" and layer.groups == 1
-        if streamed and len(op.kernel) == 2:
-            if self._ideal() and not layer.lm.offset:
-                return self._conv_ideal(node, layer, args), None
+        if not keep and self._runs_conv_ideal(node):
+            return self._conv_ideal(node, layer, args, relu=relu), None
+        if relu:
+            raise ValueError(f"layer {op.layer!r}: only an ideal convolution fuses a ReLU")
+        whole = not keep and self._whole_conv(node)
+        if whole and self.threads == 1:
             return self._conv_streamed(node, layer, args), None
         conv = op.kind == "conv"
         # im2col only copies values and inserts zeros (which the DAC maps to 0), so a conv's
@@ -660,11 +712,14 @@ class Engine:
         self._count(layer, n * hw)
         return out.reshape(n, c, ho, wo)
 
-    def _conv_ideal(self, node: Node, layer: Layer, args: list[Array]) -> Array:
-        """A single-group convolution on ideal tiles, image by image, written in NCHW.
+    def _conv_ideal(
+        self, node: Node, layer: Layer, args: list[Array], *, relu: bool = False
+    ) -> Array:
+        """A single-group convolution on ideal tiles, written in NCHW.
 
-        im2col, the sgemm and the layout change run per image while its data are in cache
-        (see ``conv_ideal`` in ``_kernels.pyx``).
+        im2col, the sgemm and the layout change run per work item (an image's block of output
+        rows) while its data are in cache, in parallel over items (see ``conv_ideal`` in
+        ``_kernels.pyx``).
         """
         op = node.op
         assert isinstance(op, O.XbarMVM)
@@ -673,8 +728,9 @@ class Engine:
         ho, wo = node.outputs[0].type.shape[2:]
         kh, kw = op.kernel
         bias = args[2] if len(args) == 3 else np.zeros(0, np.float32)
-        cols = np.empty((ho * wo, layer.lm.rows), np.float32)
-        work = np.empty((ho * wo, layer.lm.cols), np.float32)
+        t = self.threads
+        cols = np.empty((t, ho * wo, layer.lm.rows), np.float32)
+        work = np.empty((t, ho * wo, layer.lm.cols), np.float32)
         out = np.empty((n, layer.lm.cols, ho * wo), np.float32)
         self.k.conv_ideal(
             x,
@@ -694,6 +750,8 @@ class Engine:
             cols,
             work,
             out,
+            t,
+            relu,
         )
         self._count(layer, n * ho * wo)
         return out.reshape(n, -1, ho, wo)

@@ -431,6 +431,8 @@ def conv_ideal(
     cols: F32,
     work: F32,
     out: F32,
+    n_threads: int = 1,
+    relu: bool = False,
 ) -> None:
     """A convolution on ideal crossbars, written in NCHW.
 
@@ -451,10 +453,13 @@ def conv_ideal(
         dh: Vertical dilation.
         dw: Horizontal dilation.
         bias: ``[M]``, or empty for no bias.
-        cols: Scratch ``[Ho*Wo, C*kh*kw]`` (the compiled kernel's im2col of one image;
-            unused here beyond its shape).
-        work: Scratch ``[Ho*Wo, M]`` (one image's products; unused here beyond its shape).
+        cols: Scratch ``[n_threads, Ho*Wo, C*kh*kw]`` (the compiled kernel's per-thread
+            im2col rows; unused here beyond its shape).
+        work: Scratch ``[n_threads, Ho*Wo, M]`` (per-thread products; unused here beyond its
+            shape).
         out: Output ``[N, M, Ho*Wo]``, overwritten.
+        n_threads: At least 1; sizes the scratch.
+        relu: Write ``max(out, 0)`` (a fused ReLU).
 
     Raises:
         ValueError: On a wrong array or invalid window parameters.
@@ -464,10 +469,11 @@ def conv_ideal(
     g = _array(fn, "g", g, 3)
     slice_w = _array(fn, "slice_w", slice_w, 1)
     bias = _array(fn, "bias", bias, 1)
-    cols = _array(fn, "cols", cols, 2, writable=True)
-    work = _array(fn, "work", work, 2, writable=True)
+    cols = _array(fn, "cols", cols, 3, writable=True)
+    work = _array(fn, "work", work, 3, writable=True)
     out = _array(fn, "out", out, 3, writable=True)
     _check_window(fn, kh, kw, sh, sw, (ph0, pw0, ph1, pw1), dh, dw)
+    _positive(fn, "n_threads", n_threads)
     n, c, h, w = x.shape
     s, m = g.shape[0], g.shape[2]
     k = c * kh * kw
@@ -476,8 +482,8 @@ def conv_ideal(
     _expect(fn, "slice_w", slice_w.shape, (s,))
     if bias.size:
         _expect(fn, "bias", bias.shape, (m,))
-    _expect(fn, "cols", cols.shape, (ho * wo, k))
-    _expect(fn, "work", work.shape, (ho * wo, m))
+    _expect(fn, "cols", cols.shape, (n_threads, ho * wo, k))
+    _expect(fn, "work", work.shape, (n_threads, ho * wo, m))
     _expect(fn, "out", out.shape, (n, m, ho * wo))
     _disjoint(
         fn,
@@ -494,6 +500,8 @@ def conv_ideal(
     if bias.size:
         y += bias
     out[...] = y.reshape(n, ho * wo, m).transpose(0, 2, 1)
+    if relu:
+        np.maximum(out, 0, out=out)
 
 
 def mvm_backward(

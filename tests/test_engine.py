@@ -681,3 +681,18 @@ def test_integer_token_input_runs_and_matches_onnxruntime(build: Build, tmp_path
         eng.forward(tokens + 0.5)
     with pytest.raises(DataError, match="int64"):
         api.evaluate(build(path), "synthetic")
+
+
+def test_fused_relu_changes_neither_outputs_nor_counters(build: Build) -> None:
+    """An ideal inference forward applies a conv's ReLU in the conv; a taped one does not."""
+    path = build(REPO / "models" / "resnet8.onnx", tile_rows=64, tile_cols=32)
+    x = np.random.default_rng(4).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    plain, taped = Engine.load(path, ideal=True), Engine.load(path, ideal=True)
+    g = plain.graph_for(3)
+    fusions = plain._relu_fusions(g)
+    assert len(fusions) >= 3  # resnet8: stem and the first conv of each block
+    a = plain.forward(x)
+    b = taped.forward(x, tape=[])
+    assert rel_err(a, b) <= 1e-5
+    assert plain.counters == taped.counters
+    assert plain.digital == taped.digital

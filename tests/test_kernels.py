@@ -487,8 +487,22 @@ def test_rms_values(mod: ModuleType) -> None:
     np.testing.assert_allclose(out_t[0, 0], [np.sqrt(4.5), np.sqrt(8), np.sqrt(2.5)], rtol=1e-6)
 
 
-@given(w=windows(), m=st.integers(0, 5), s=st.integers(1, 3), with_bias=st.booleans())
-def test_conv_ideal_matches_reference(w: dict[str, Any], m: int, s: int, with_bias: bool) -> None:
+@given(
+    w=windows(),
+    m=st.integers(0, 5),
+    s=st.integers(1, 3),
+    with_bias=st.booleans(),
+    mnk=st.sampled_from([1, 7, 40, 300, 524287]),
+)
+def test_conv_ideal_matches_reference(
+    w: dict[str, Any], m: int, s: int, with_bias: bool, mnk: int
+) -> None:
+    """Small ``SGEMM_MAX_MNK`` values split the work items by output rows and by channels."""
+    with sgemm_budget(mnk):
+        _check_conv_ideal(w, m, s, with_bias)
+
+
+def _check_conv_ideal(w: dict[str, Any], m: int, s: int, with_bias: bool) -> None:
     x_shape, (_, k) = geometry(w)
     n = w["N"]
     hw = geometry({**w, "N": 1})[1][0]  # output positions per image
@@ -498,7 +512,7 @@ def test_conv_ideal_matches_reference(w: dict[str, Any], m: int, s: int, with_bi
     slice_w = rng.uniform(0.1, 2.0, s).astype(F32)
     bias = rng.standard_normal(m).astype(F32) if with_bias else empty(1)
     outs = {}
-    for mod in (_kernels, reference):
+    for mod, threads in ((_kernels, 1), (reference, 1), (_kernels, 2)):
         out = np.full((n, m, hw), np.nan, F32)
         mod.conv_ideal(
             x,
@@ -506,11 +520,22 @@ def test_conv_ideal_matches_reference(w: dict[str, Any], m: int, s: int, with_bi
             slice_w,
             *(w[q] for q in WIN),
             bias,
-            np.empty((hw, k), F32),
-            np.empty((hw, m), F32),
+            np.empty((threads, hw, k), F32),
+            np.empty((threads, hw, m), F32),
             out,
+            threads,
         )
-        outs[mod.__name__] = out
+        outs[mod.__name__, threads] = out
+    np.testing.assert_array_equal(
+        bits_of(outs[_kernels.__name__, 2]), bits_of(outs[_kernels.__name__, 1])
+    )
+    for mod in (_kernels, reference):  # the fused ReLU is max(out, 0) of the same sums
+        fused = np.full((n, m, hw), np.nan, F32)
+        scratch = (np.empty((1, hw, k), F32), np.empty((1, hw, m), F32))
+        mod.conv_ideal(x, g, slice_w, *(w[q] for q in WIN), bias, *scratch, fused, 1, True)
+        want_relu = np.maximum(outs[mod.__name__, 1], 0)
+        np.testing.assert_array_equal(bits_of(fused), bits_of(want_relu))
+    outs = {name: o for (name, t), o in outs.items() if t == 1}
     got, want = outs[_kernels.__name__], outs[reference.__name__]
     assert not np.isnan(got).any()
     # exact oracle in float64 and the float32 summation bound (k terms per slice, s slices)
@@ -574,7 +599,7 @@ def good_args() -> dict[str, dict[str, Any]]:
         "conv_ideal": {
             "x": f((2, 3, 5, 5), F32), "g": f((s, 27, c), F32), "slice_w": f(s, F32), "kh": 3,
             "kw": 3, "sh": 1, "sw": 1, "ph0": 1, "pw0": 1, "ph1": 1, "pw1": 1, "dh": 1, "dw": 1,
-            "bias": f(c, F32), "cols": f((25, 27), F32), "work": f((25, c), F32),
+            "bias": f(c, F32), "cols": f((1, 25, 27), F32), "work": f((1, 25, c), F32),
             "out": f((2, c, 25), F32),
         },
         "quantize": {"x": f(6, F32), "bits": 4, "x_range": 1.0, "signed": True},
@@ -593,7 +618,7 @@ SHAPE_AXIS = {
     "mvm_backward": {"g": 2, "slice_w": 0, "adc_range": 1, "g_rms_t": 2, "noise": 3, "work": 0,
                      "out": 1},
     "im2col": {"out": 1},
-    "conv_ideal": {"g": 1, "slice_w": 0, "bias": 0, "cols": 1, "work": 0, "out": 2},
+    "conv_ideal": {"g": 1, "slice_w": 0, "bias": 0, "cols": 2, "work": 1, "out": 2},
     "col2im": {"cols": 0, "out": 3},
     "rms_columns": {"gn": 1, "out": 0},
     "rms_rows": {"gn": 2, "out": 2},
@@ -669,6 +694,7 @@ BAD_SCALARS = [
     ("im2col", {"pw1": -1}, "pw1"),
     ("conv_ideal", {"sh": 0}, "sh"),
     ("conv_ideal", {"ph1": -1}, "ph1"),
+    ("conv_ideal", {"n_threads": 0}, "n_threads"),
     ("col2im", {"N": -1}, "N"),
     ("col2im", {"dw": 0}, "dw"),
     ("quantize", {"x_range": 0.0}, "x_range"),
