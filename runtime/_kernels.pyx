@@ -407,7 +407,7 @@ cdef void _conv_block_shape(Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t K, Py_ssize
 
 
 cdef void _conv_item(const float* x, const float* g, const float* slice_w, const float* bias,
-                     float* cols, float* work, float* out, Py_ssize_t item, Py_ssize_t nrb,
+                     const float* res, float* cols, float* work, float* out, Py_ssize_t item, Py_ssize_t nrb,
                      Py_ssize_t nmb, Py_ssize_t rb, Py_ssize_t mb, Py_ssize_t C, Py_ssize_t H,
                      Py_ssize_t W, Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t M, Py_ssize_t S,
                      int kh, int kw, int sh, int sw, int ph0, int pw0, int dh, int dw,
@@ -429,6 +429,7 @@ cdef void _conv_item(const float* x, const float* g, const float* slice_w, const
     cdef float alpha, beta, one = 1.0, zero = 0.0, b
     cdef float* o
     cdef const float* w
+    cdef const float* rr
     for q in range(nrows):
         _im2col_strip(x, cols + q * Wo * K, n * Ho + oh0 + q, C, H, W, Ho, Wo, kh, kw, sh, sw,
                       ph0, pw0, dh, dw)
@@ -443,7 +444,15 @@ cdef void _conv_item(const float* x, const float* g, const float* slice_w, const
         b = bias[m0 + m] if bias != NULL else 0.0
         o = out + (n * M + m0 + m) * P + oh0 * Wo
         w = work + m
-        if relu:
+        if res != NULL:
+            rr = res + (n * M + m0 + m) * P + oh0 * Wo
+            if relu:
+                for q in range(np_):
+                    o[q] = _relu((w[q * nm] + b) + rr[q])
+            else:
+                for q in range(np_):
+                    o[q] = (w[q * nm] + b) + rr[q]
+        elif relu:
             for q in range(np_):
                 o[q] = _relu(w[q * nm] + b)
         else:
@@ -689,7 +698,7 @@ def im2col(x, int kh, int kw, int sh, int sw, int ph0, int pw0, int ph1, int pw1
 
 def conv_ideal(x, g, slice_w, int kh, int kw, int sh, int sw, int ph0, int pw0, int ph1,
                int pw1, int dh, int dw, bias, cols, work, out, int n_threads=1,
-               bint relu=False):
+               bint relu=False, residual=None):
     """A convolution on ideal crossbars, written in NCHW: ``out[n, m, p] = bias[m] +
     sum_s slice_w[s] * sum_k g[s, k, m] * col[n, p, k]``, where ``col`` is :func:`im2col` of
     ``x`` (row ``n*Ho*Wo + p``).
@@ -708,8 +717,9 @@ def conv_ideal(x, g, slice_w, int kh, int kw, int sh, int sw, int ph0, int pw0, 
     IN, the window as in :func:`im2col`, ``bias[M]`` IN or empty (no bias), ``cols[n_threads,
     Ho*Wo, C*kh*kw]`` and ``work[n_threads, Ho*Wo, M]`` scratch (a thread uses the first rows
     of its slab; untouched pages of ``np.empty`` cost nothing), ``out[N, M, Ho*Wo]`` OUT
-    (overwritten), ``n_threads >= 1``; ``relu``: write ``max(out, 0)`` instead (a ReLU fused
-    into the output pass).
+    (overwritten), ``n_threads >= 1``; ``residual[N, M, Ho*Wo]`` IN, or None or empty: added
+    to the output (after the bias); ``relu``: write ``max(out, 0)`` (after the residual). The
+    two fuse a ResNet's ``Add`` and ``Relu`` into the output pass.
     """
     fn = "conv_ideal"
     cdef const float[:, :, :, ::1] xv = _in4(fn, "x", x)  # IN
@@ -719,6 +729,9 @@ def conv_ideal(x, g, slice_w, int kh, int kw, int sh, int sw, int ph0, int pw0, 
     cdef float[:, :, ::1] cv = _out3(fn, "cols", cols)  # scratch
     cdef float[:, :, ::1] kv = _out3(fn, "work", work)  # scratch
     cdef float[:, :, ::1] ov = _out3(fn, "out", out)  # OUT
+    if residual is None:
+        residual = np.zeros((0, 0, 0), np.float32)
+    cdef const float[:, :, ::1] rv = _in3(fn, "residual", residual)  # IN
     _check_window(fn, kh, kw, sh, sw, ph0, pw0, ph1, pw1, dh, dw)
     _positive(fn, "n_threads", n_threads)
     cdef Py_ssize_t N = xv.shape[0], C = xv.shape[1], H = xv.shape[2], W = xv.shape[3]
@@ -732,9 +745,12 @@ def conv_ideal(x, g, slice_w, int kh, int kw, int sh, int sw, int ph0, int pw0, 
     _expect(fn, "cols", (cv.shape[0], cv.shape[1], cv.shape[2]), (n_threads, Ho * Wo, K))
     _expect(fn, "work", (kv.shape[0], kv.shape[1], kv.shape[2]), (n_threads, Ho * Wo, M))
     _expect(fn, "out", (ov.shape[0], ov.shape[1], ov.shape[2]), (N, M, Ho * Wo))
+    cdef bint has_res = rv.shape[0] * rv.shape[1] * rv.shape[2] != 0
+    if has_res or rv.shape[0] != 0:
+        _expect(fn, "residual", (rv.shape[0], rv.shape[1], rv.shape[2]), (N, M, Ho * Wo))
     _check_blas_dims(fn, Ho * Wo, K, M)
     _disjoint(fn, {"out": out, "cols": cols, "work": work},
-              {"x": x, "g": g, "slice_w": slice_w, "bias": bias})
+              {"x": x, "g": g, "slice_w": slice_w, "bias": bias, "residual": residual})
     if N == 0 or M == 0 or Ho * Wo == 0:
         return
     if S == 0 or K == 0:
@@ -743,10 +759,13 @@ def conv_ideal(x, g, slice_w, int kh, int kw, int sh, int sw, int ph0, int pw0, 
         o[...] = 0
         if bv.shape[0]:
             o += np.asarray(bv)[:, None]
+        if has_res:
+            o += np.asarray(rv)
         if relu:
             np.maximum(o, 0, out=o)
         return
     cdef const float* bp = &bv[0] if bv.shape[0] else NULL
+    cdef const float* resp = &rv[0, 0, 0] if has_res else NULL
     cdef Py_ssize_t rb, mb, nrb, nmb, item
     _conv_block_shape(Ho, Wo, K, M, &rb, &mb)
     nrb = (Ho + rb - 1) // rb
@@ -762,7 +781,7 @@ def conv_ideal(x, g, slice_w, int kh, int kw, int sh, int sw, int ph0, int pw0, 
     with nogil:
         for item in prange(N * nrb * nmb, num_threads=n_threads, schedule="static"):
             tid = xbarc_thread_num()
-            _conv_item(xp, gp, swp, bp, cp + tid * cstride, kp + tid * kstride, op, item, nrb,
+            _conv_item(xp, gp, swp, bp, resp, cp + tid * cstride, kp + tid * kstride, op, item, nrb,
                        nmb, rb, mb, C, H, W, Ho, Wo, M, S, kh, kw, sh, sw, ph0, pw0, dh, dw,
                        relu)
 

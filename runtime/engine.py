@@ -143,6 +143,21 @@ def limit_other_blas() -> bool:
 
 
 STREAM_BYTES = 1 << 21
+
+
+@dataclass(frozen=True, slots=True)
+class Epilogue:
+    """What an ideal conv applies while writing its output (see ``Engine._fusions_for``)."""
+
+    residual: Value | None
+    """Added to the output (an ``Add`` operand of the same shape), or None."""
+    relu: bool
+    """Then ``max(·, 0)``."""
+    passed: dict[int, int]
+    """``id(node) → operand index`` of the fused nodes: each passes that operand through."""
+
+
+_EMPTY3 = np.zeros((0, 0, 0), np.float32)
 """Target size of one chunk's im2col matrix in :meth:`Engine._conv_streamed`: about a core's
 L2 cache (1 to 2 MiB measured best for ResNet-8 on a core with 1 MiB of L2)."""
 
@@ -282,7 +297,7 @@ class Engine:
         self.rng = np.random.default_rng([seed, 1])
         self._graphs: dict[int, Graph] = {}
         self._use_counts: dict[int, tuple[Graph, dict[int, int]]] = {}
-        self._fusions: dict[tuple[int, bool], tuple[Graph, dict[int, int]]] = {}
+        self._fusions: dict[tuple[int, bool], tuple[Graph, dict[int, Epilogue]]] = {}
         self.layers: dict[str, Layer] = {}
         self._build_layers()
         self.program_weights(seed)
@@ -460,8 +475,8 @@ class Engine:
         # Without a tape, each value is dropped after its last use, so the allocator reuses
         # its memory (fresh pages cost a fault each; for a ViT that was half the forward).
         remaining = None if tape is not None else self._uses(g)
-        fusions = self._relu_fusions(g) if tape is None else {}
-        fused = set(fusions.values())
+        fusions = self._fusions_for(g) if tape is None else {}
+        passed = {k: i for f in fusions.values() for k, i in f.passed.items()}
 
         def fetch(v: Value) -> Array:
             return v.const if v.const is not None else env[id(v)]
@@ -469,11 +484,16 @@ class Engine:
         for node in g.nodes:
             args = [fetch(v) for v in node.inputs]
             if isinstance(node.op, O.XbarMVM):
-                y, aux = self._xbar(node, args, keep=tape is not None, relu=id(node) in fusions)
+                epi = fusions.get(id(node))
+                if epi is None:
+                    y, aux = self._xbar(node, args, keep=tape is not None)
+                else:
+                    res = None if epi.residual is None else fetch(epi.residual)
+                    y, aux = self._xbar(node, args, keep=False, relu=epi.relu, residual=res)
                 outs: tuple[Array, ...] = (y,)
             else:
-                if id(node) in fused:  # the conv before it applied the ReLU
-                    outs = (args[0],)
+                if id(node) in passed:  # a conv before it fused this node into its output
+                    outs = (args[passed[id(node)]],)
                 else:
                     fast = FAST_DIGITAL.get(type(node.op)) if tape is None else None
                     outs = (fast and fast(node.op, args)) or interp.eval_node(node, args)
@@ -586,41 +606,69 @@ class Engine:
         assert isinstance(op, O.XbarMVM)
         return self._whole_conv(node) and self._ideal() and not self.layers[op.layer].lm.offset
 
-    def _relu_fusions(self, g: Graph) -> dict[int, int]:
-        """``id(conv node) → id(relu node)`` where an ideal conv's only use is a ReLU.
+    def _fusions_for(self, g: Graph) -> dict[int, Epilogue]:
+        """Output epilogues of the ideal convs of ``g`` (``id(conv node) → Epilogue``).
 
-        In an inference forward such a conv applies the ReLU while writing its output (see
-        :meth:`_conv_ideal`) and the ReLU node passes its input through (its digital work is
-        still counted).
+        An ideal conv whose only use is ``Add(conv, r)`` with an ``r`` of the same shape that
+        is already computed (a residual) adds ``r`` while writing its output, and applies the
+        ReLU that is the add's (or else the conv's) only use. The fused nodes then pass the
+        conv's output through (their digital work is still counted). Inference forwards only.
         """
         key = (id(g), self._ideal())
         cached = self._fusions.get(key)
         if cached is not None and cached[0] is g:
             return cached[1]
         users: dict[int, list[Node]] = {}
-        for node in g.nodes:
+        made: dict[int, int] = {}  # id(value) → index of the node that computes it
+        for i, node in enumerate(g.nodes):
             for v in node.inputs:
                 users.setdefault(id(v), []).append(node)
+            for v in node.outputs:
+                made[id(v)] = i
         outputs = {id(v) for v in g.outputs}
-        fusions = {}
-        for node in g.nodes:
+
+        def only_use(v: Value) -> Node | None:
+            use = users.get(id(v), [])
+            return use[0] if id(v) not in outputs and len(use) == 1 else None
+
+        fusions: dict[int, Epilogue] = {}
+        for i, node in enumerate(g.nodes):
             if not isinstance(node.op, O.XbarMVM) or not self._runs_conv_ideal(node):
                 continue
             y = node.outputs[0]
-            use = users.get(id(y), [])
-            if id(y) not in outputs and len(use) == 1 and isinstance(use[0].op, O.Relu):
-                fusions[id(node)] = id(use[0])
+            residual, passed = None, {}
+            nxt = only_use(y)
+            if nxt is not None and isinstance(nxt.op, O.Add) and len(nxt.inputs) == 2:
+                k = 0 if nxt.inputs[0] is y else 1
+                r = nxt.inputs[1 - k]
+                ready = made.get(id(r), -1) < i  # computed before the conv (or an input)
+                if r is not y and r.type == y.type and ready:
+                    residual, passed[id(nxt)] = r, k
+                    y = nxt.outputs[0]
+                    nxt = only_use(y)
+            relu = nxt is not None and isinstance(nxt.op, O.Relu)
+            if relu:
+                assert nxt is not None
+                passed[id(nxt)] = 0
+            if passed:
+                fusions[id(node)] = Epilogue(residual, relu, passed)
         self._fusions[key] = (g, fusions)
         return fusions
 
     def _xbar(
-        self, node: Node, args: list[Array], *, keep: bool = True, relu: bool = False
+        self,
+        node: Node,
+        args: list[Array],
+        *,
+        keep: bool = True,
+        relu: bool = False,
+        residual: Array | None = None,
     ) -> tuple[Array, Any]:
         """Run one crossbar layer; returns its output and (with ``keep``) its layer inputs.
 
         Without ``keep`` (no tape), a single-group convolution runs as cache-sized work items
-        when the engine is ideal (:meth:`_conv_ideal`, any thread count; with ``relu`` it
-        applies a ReLU to its output, see :meth:`_relu_fusions`); else a single-threaded
+        when the engine is ideal (:meth:`_conv_ideal`, any thread count; it adds ``residual``
+        and applies ``relu`` to its output, see :meth:`_fusions_for`); else a single-threaded
         engine streams it through im2col in chunks of images (:meth:`_conv_streamed`).
         Neither returns layer inputs.
         """
@@ -628,9 +676,9 @@ class Engine:
         assert isinstance(op, O.XbarMVM)
         layer = self.layers[op.layer]
         if not keep and self._runs_conv_ideal(node):
-            return self._conv_ideal(node, layer, args, relu=relu), None
-        if relu:
-            raise ValueError(f"layer {op.layer!r}: only an ideal convolution fuses a ReLU")
+            return self._conv_ideal(node, layer, args, relu=relu, residual=residual), None
+        if relu or residual is not None:
+            raise ValueError(f"layer {op.layer!r}: only an ideal convolution fuses an epilogue")
         whole = not keep and self._whole_conv(node)
         if whole and self.threads == 1:
             return self._conv_streamed(node, layer, args), None
@@ -713,7 +761,13 @@ class Engine:
         return out.reshape(n, c, ho, wo)
 
     def _conv_ideal(
-        self, node: Node, layer: Layer, args: list[Array], *, relu: bool = False
+        self,
+        node: Node,
+        layer: Layer,
+        args: list[Array],
+        *,
+        relu: bool = False,
+        residual: Array | None = None,
     ) -> Array:
         """A single-group convolution on ideal tiles, written in NCHW.
 
@@ -752,6 +806,7 @@ class Engine:
             out,
             t,
             relu,
+            _EMPTY3 if residual is None else np.ascontiguousarray(residual).reshape(out.shape),
         )
         self._count(layer, n * ho * wo)
         return out.reshape(n, -1, ho, wo)

@@ -433,6 +433,7 @@ def conv_ideal(
     out: F32,
     n_threads: int = 1,
     relu: bool = False,
+    residual: F32 | None = None,
 ) -> None:
     """A convolution on ideal crossbars, written in NCHW.
 
@@ -459,7 +460,8 @@ def conv_ideal(
             shape).
         out: Output ``[N, M, Ho*Wo]``, overwritten.
         n_threads: At least 1; sizes the scratch.
-        relu: Write ``max(out, 0)`` (a fused ReLU).
+        relu: Write ``max(out, 0)`` (a fused ReLU, after the residual).
+        residual: ``[N, M, Ho*Wo]`` added after the bias, or None or empty (none).
 
     Raises:
         ValueError: On a wrong array or invalid window parameters.
@@ -472,6 +474,9 @@ def conv_ideal(
     cols = _array(fn, "cols", cols, 3, writable=True)
     work = _array(fn, "work", work, 3, writable=True)
     out = _array(fn, "out", out, 3, writable=True)
+    res = _array(
+        fn, "residual", np.zeros((0, 0, 0), np.float32) if residual is None else residual, 3
+    )
     _check_window(fn, kh, kw, sh, sw, (ph0, pw0, ph1, pw1), dh, dw)
     _positive(fn, "n_threads", n_threads)
     n, c, h, w = x.shape
@@ -485,10 +490,12 @@ def conv_ideal(
     _expect(fn, "cols", cols.shape, (n_threads, ho * wo, k))
     _expect(fn, "work", work.shape, (n_threads, ho * wo, m))
     _expect(fn, "out", out.shape, (n, m, ho * wo))
+    if res.size or res.shape[0]:
+        _expect(fn, "residual", res.shape, (n, m, ho * wo))
     _disjoint(
         fn,
         {"out": out, "cols": cols, "work": work},
-        {"x": x, "g": g, "slice_w": slice_w, "bias": bias},
+        {"x": x, "g": g, "slice_w": slice_w, "bias": bias, "residual": res},
     )
     if out.size == 0:
         return
@@ -500,6 +507,8 @@ def conv_ideal(
     if bias.size:
         y += bias
     out[...] = y.reshape(n, ho * wo, m).transpose(0, 2, 1)
+    if res.size:
+        out += res
     if relu:
         np.maximum(out, 0, out=out)
 

@@ -683,14 +683,20 @@ def test_integer_token_input_runs_and_matches_onnxruntime(build: Build, tmp_path
         api.evaluate(build(path), "synthetic")
 
 
-def test_fused_relu_changes_neither_outputs_nor_counters(build: Build) -> None:
-    """An ideal inference forward applies a conv's ReLU in the conv; a taped one does not."""
+def test_fused_epilogues_change_neither_outputs_nor_counters(build: Build) -> None:
+    """An ideal inference forward applies a conv's residual add and ReLU in the conv; a taped
+    one runs them as nodes."""
     path = build(REPO / "models" / "resnet8.onnx", tile_rows=64, tile_cols=32)
     x = np.random.default_rng(4).standard_normal((3, 3, 32, 32)).astype(np.float32)
     plain, taped = Engine.load(path, ideal=True), Engine.load(path, ideal=True)
     g = plain.graph_for(3)
-    fusions = plain._relu_fusions(g)
-    assert len(fusions) >= 3  # resnet8: stem and the first conv of each block
+    fusions = list(plain._fusions_for(g).values())
+    # resnet8: the stem and each block's first conv fuse a ReLU; each block's second conv
+    # (or its shortcut conv, whichever comes later) fuses the residual add and the ReLU
+    assert sum(f.relu and f.residual is None for f in fusions) >= 4
+    assert sum(f.relu and f.residual is not None for f in fusions) == 3
+    kinds = {type(n.op) for n in g.nodes if any(id(n) in f.passed for f in fusions)}
+    assert kinds == {O.Relu, O.Add}
     a = plain.forward(x)
     b = taped.forward(x, tape=[])
     assert rel_err(a, b) <= 1e-5

@@ -529,12 +529,17 @@ def _check_conv_ideal(w: dict[str, Any], m: int, s: int, with_bias: bool) -> Non
     np.testing.assert_array_equal(
         bits_of(outs[_kernels.__name__, 2]), bits_of(outs[_kernels.__name__, 1])
     )
-    for mod in (_kernels, reference):  # the fused ReLU is max(out, 0) of the same sums
-        fused = np.full((n, m, hw), np.nan, F32)
-        scratch = (np.empty((1, hw, k), F32), np.empty((1, hw, m), F32))
-        mod.conv_ideal(x, g, slice_w, *(w[q] for q in WIN), bias, *scratch, fused, 1, True)
-        want_relu = np.maximum(outs[mod.__name__, 1], 0)
-        np.testing.assert_array_equal(bits_of(fused), bits_of(want_relu))
+    # the fused epilogue (residual add, then ReLU) equals the same ops after the conv
+    res = rng.standard_normal((n, m, hw)).astype(F32)
+    for mod in (_kernels, reference):
+        for relu, r in ((True, None), (False, res), (True, res)):
+            fused = np.full((n, m, hw), np.nan, F32)
+            scratch = (np.empty((1, hw, k), F32), np.empty((1, hw, m), F32))
+            mod.conv_ideal(x, g, slice_w, *(w[q] for q in WIN), bias, *scratch, fused, 1, relu, r)
+            want_epi = outs[mod.__name__, 1] + (0 if r is None else r)
+            if relu:
+                want_epi = np.maximum(want_epi, 0)
+            np.testing.assert_array_equal(bits_of(fused), bits_of(want_epi))
     outs = {name: o for (name, t), o in outs.items() if t == 1}
     got, want = outs[_kernels.__name__], outs[reference.__name__]
     assert not np.isnan(got).any()
@@ -600,7 +605,8 @@ def good_args() -> dict[str, dict[str, Any]]:
             "x": f((2, 3, 5, 5), F32), "g": f((s, 27, c), F32), "slice_w": f(s, F32), "kh": 3,
             "kw": 3, "sh": 1, "sw": 1, "ph0": 1, "pw0": 1, "ph1": 1, "pw1": 1, "dh": 1, "dw": 1,
             "bias": f(c, F32), "cols": f((1, 25, 27), F32), "work": f((1, 25, c), F32),
-            "out": f((2, c, 25), F32),
+            "out": f((2, c, 25), F32), "n_threads": 1, "relu": True,
+            "residual": f((2, c, 25), F32),
         },
         "quantize": {"x": f(6, F32), "bits": 4, "x_range": 1.0, "signed": True},
         "rms_columns": {"gp": f((s, r, c), F32), "gn": f((s, r, c), F32), "row_block": 2,
@@ -618,7 +624,8 @@ SHAPE_AXIS = {
     "mvm_backward": {"g": 2, "slice_w": 0, "adc_range": 1, "g_rms_t": 2, "noise": 3, "work": 0,
                      "out": 1},
     "im2col": {"out": 1},
-    "conv_ideal": {"g": 1, "slice_w": 0, "bias": 0, "cols": 2, "work": 1, "out": 2},
+    "conv_ideal": {"g": 1, "slice_w": 0, "bias": 0, "cols": 2, "work": 1, "out": 2,
+                   "residual": 1},
     "col2im": {"cols": 0, "out": 3},
     "rms_columns": {"gn": 1, "out": 0},
     "rms_rows": {"gn": 2, "out": 2},
@@ -651,6 +658,8 @@ def bad_array_cases() -> list[Any]:
             }
             if fn == "quantize" or name in OUTPUTS or (fn, name) == ("conv_ideal", "cols"):
                 variants["read-only"] = readonly
+            if (fn, name) == ("conv_ideal", "residual"):
+                del variants["none"]  # None means no residual
             if name in SHAPE_AXIS.get(fn, {}):
                 axis = SHAPE_AXIS[fn][name]
 
