@@ -145,6 +145,23 @@ def limit_other_blas() -> bool:
 STREAM_BYTES = 1 << 21
 
 
+def _row_absmax(a: Array) -> Array:
+    """``max(|a|, axis=1, keepdims=True)`` of a 2-D array (``[P, 1]``; zeros when 0 columns).
+
+    NumPy reduces a short last axis row by row, slowly (about 1 ms for the 37k x 6 errors of a
+    LeNet conv); for up to 64 columns a running maximum over the columns is used instead.
+    """
+    p, c = a.shape
+    if c == 0 or p == 0:
+        return np.zeros((p, 1), a.dtype)
+    if c > 64:
+        return np.abs(a).max(axis=1, keepdims=True)
+    out = np.abs(a[:, 0])
+    for j in range(1, c):
+        np.maximum(out, np.abs(a[:, j]), out=out)
+    return out.reshape(p, 1)
+
+
 @dataclass(frozen=True, slots=True)
 class Epilogue:
     """What an ideal conv applies while writing its output (see ``Engine._fusions_for``)."""
@@ -927,7 +944,7 @@ class Engine:
         s, r, c = layer.gdiff.shape[1:]
         cb = self.col_block(layer)
         nc = math.ceil(c / cb)
-        scale = np.abs(dy).max(axis=1, keepdims=True) if p else np.zeros((0, 1), np.float32)
+        scale = _row_absmax(dy)
         scale[scale == 0] = 1.0
         dyn = np.ascontiguousarray(dy / scale, np.float32)
         if self.dac_bits:
