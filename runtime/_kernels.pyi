@@ -50,6 +50,28 @@ def col2im(
     out: F32,
     n_threads: int = 1,
 ) -> None: ...
+def conv_ideal(
+    x: F32,
+    g: F32,
+    slice_w: F32,
+    kh: int,
+    kw: int,
+    sh: int,
+    sw: int,
+    ph0: int,
+    pw0: int,
+    ph1: int,
+    pw1: int,
+    dh: int,
+    dw: int,
+    bias: F32,
+    cols: F32,
+    work: F32,
+    out: F32,
+    n_threads: int = 1,
+    relu: bool = False,
+    residual: F32 | None = None,
+) -> None: ...
 def quantize(x: F32, bits: int, x_range: float, signed: bool, n_threads: int = 1) -> None: ...
 def mvm_forward(
     x: F32,

@@ -145,6 +145,12 @@ def limit_other_blas() -> bool:
 STREAM_BYTES = 1 << 21
 
 
+def _window(op: O.XbarMVM) -> tuple[int, ...]:
+    """A 2-D conv's window as the kernels take it: kh, kw, sh, sw, ph0, pw0, ph1, pw1, dh, dw."""
+    kh, kw = op.kernel
+    return (kh, kw, *op.strides, *op.pads, *op.dilations)
+
+
 def _row_absmax(a: Array) -> Array:
     """``max(|a|, axis=1, keepdims=True)`` of a 2-D array (``[P, 1]``; zeros when 0 columns).
 
@@ -573,19 +579,9 @@ class Engine:
     def _im2col_into(self, node: Node, x: Array, cols: Array, threads: int) -> None:
         op = node.op
         assert isinstance(op, O.XbarMVM)
-        kh, kw = op.kernel
         self.k.im2col(
             x,
-            kh,
-            kw,
-            op.strides[0],
-            op.strides[1],
-            op.pads[0],
-            op.pads[1],
-            op.pads[2],
-            op.pads[3],
-            op.dilations[0],
-            op.dilations[1],
+            *_window(op),
             cols,
             threads,
         )
@@ -797,7 +793,6 @@ class Engine:
         x = np.ascontiguousarray(args[0], np.float32)
         n = x.shape[0]
         ho, wo = node.outputs[0].type.shape[2:]
-        kh, kw = op.kernel
         bias = args[2] if len(args) == 3 else np.zeros(0, np.float32)
         t = self.threads
         cols = np.empty((t, ho * wo, layer.lm.rows), np.float32)
@@ -807,16 +802,7 @@ class Engine:
             x,
             layer.gdiff[0],
             np.asarray(layer.lm.slice_w, np.float32),
-            kh,
-            kw,
-            op.strides[0],
-            op.strides[1],
-            op.pads[0],
-            op.pads[1],
-            op.pads[2],
-            op.pads[3],
-            op.dilations[0],
-            op.dilations[1],
+            *_window(op),
             np.ascontiguousarray(bias, np.float32),
             cols,
             work,
@@ -915,23 +901,10 @@ class Engine:
         cols_all = dxs[0] if groups == 1 else np.concatenate(dxs, axis=1)
         x = args[0]
         gx = np.empty(x.shape, np.float32)
-        kh, kw = op.kernel
         self.k.col2im(
             np.ascontiguousarray(cols_all),
-            x.shape[0],
-            x.shape[1],
-            x.shape[2],
-            x.shape[3],
-            kh,
-            kw,
-            op.strides[0],
-            op.strides[1],
-            op.pads[0],
-            op.pads[1],
-            op.pads[2],
-            op.pads[3],
-            op.dilations[0],
-            op.dilations[1],
+            *x.shape,
+            *_window(op),
             gx,
             self.threads,
         )
