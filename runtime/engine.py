@@ -161,7 +161,7 @@ def _row_absmax(a: Array) -> Array:
     if c == 0 or p == 0:
         return np.zeros((p, 1), a.dtype)
     if c > 64:
-        return np.abs(a).max(axis=1, keepdims=True)
+        return np.asarray(np.abs(a).max(axis=1, keepdims=True))
     out = np.abs(a[:, 0])
     for j in range(1, c):
         np.maximum(out, np.abs(a[:, j]), out=out)
