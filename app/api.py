@@ -51,6 +51,10 @@ def compile_model(
         raise XbarcError(f"{out}: output path is a directory")
     if not out.parent.exists():
         raise XbarcError(f"{out.parent}: output folder does not exist")
+    if cfg.energy:  # fail before any work, not when the mapped.bin is later run
+        from xbarc.runtime.energy import EnergyModel
+
+        EnergyModel.default().with_overrides(cfg.energy, where="chip config")
     note = progress or (lambda _d, _f: None)
     note("import", 0.0)
     g = load_onnx(model, batch=batch)

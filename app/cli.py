@@ -122,7 +122,12 @@ def _chip_config(config: Path | None, **flags: object) -> ChipConfig:
     if "tile" in given:
         given["tile_rows"], given["tile_cols"] = parse_tile(str(given.pop("tile")))
     if config is not None:
-        return ChipConfig.from_toml(config, **given)
+        cfg = ChipConfig.from_toml(config, **given)
+        if cfg.energy:  # checked here to name the file
+            from xbarc.runtime.energy import EnergyModel
+
+            EnergyModel.default().with_overrides(cfg.energy, where=str(config))
+        return cfg
     return ChipConfig().replace(**given) if given else ChipConfig()
 
 

@@ -303,5 +303,5 @@ def _build(cls: type[Any], data: dict[str, Any], where: str, **extra: Any) -> An
     kwargs.update(extra)
     try:
         return cls(**kwargs)
-    except TypeError as e:
+    except (TypeError, ConfigError) as e:  # ConfigError: validate() on a field's range
         raise ConfigError(f"{where}: {e}") from None

@@ -245,3 +245,31 @@ def test_subprocess_bad_file_and_debug(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert "Traceback" in proc.stderr
     assert "FrontendError" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("toml", "names"),
+    [
+        ("[chip]\ntile_rows = 'big'\n", "tile_rows"),
+        ("[chip\n", "cannot read TOML"),
+        ("[device]\nwrite_noise = -1\n", "device.write_noise"),
+        ("[energy]\nwrite_pulse = {value = -1}\n", "write_pulse"),
+        ("[energy]\nno_such_constant = 1e-12\n", "no_such_constant"),
+    ],
+)
+def test_compile_bad_chip_config_exit_2_naming_file_and_field(
+    toml: str,
+    names: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    cfg = tmp_path / "chip.toml"
+    cfg.write_text(toml)
+    out = tmp_path / "m.bin"
+    args = ["compile", str(MODELS / "mlp.onnx"), "--config", str(cfg), "-o", str(out)]
+    code, _, err = run_cli(args, monkeypatch, capsys)
+    assert code == 2
+    line = _one_error_line(err)
+    assert "chip.toml" in line and names in line
+    assert not out.exists()
