@@ -219,7 +219,7 @@ def compile_cmd(
         _print_json({"output": str(res.output), "files": files, **res.report})
         return
     _show_report(res.report)
-    out.print(f"wrote [bold]{res.output}[/] and {', '.join(files)}")
+    out.print(f"wrote [bold]{escape(str(res.output))}[/] and {escape(', '.join(files))}")
 
 
 def _show_report(rep: dict[str, object]) -> None:
@@ -311,7 +311,7 @@ def inspect_cmd(
         return
     src = p.source
     out.print(
-        f"[bold]{mapped}[/]: {src.get('file', src.get('name'))} "
+        f"[bold]{escape(str(mapped))}[/]: {escape(str(src.get('file', src.get('name'))))} "
         f"(sha256 {src.get('sha256', '?')[:12]}), state {p.state}, "
         f"{p.n_tiles} tiles of {p.tile_shape[0]}x{p.tile_shape[1]}, "
         f"config {p.config.hash()[:12]}"
@@ -367,7 +367,7 @@ def report_cmd(
     if "training" in rep:
         _show_training(rep["training"])  # type: ignore[arg-type]
     if files:
-        out.print(f"wrote {', '.join(files)}")
+        out.print(f"wrote {', '.join(files)}", markup=False)
 
 
 def _show_training(tr: dict[str, object]) -> None:
@@ -453,7 +453,7 @@ def eval_cmd(
     from rich.table import Table
 
     acc = res["accuracy"]
-    line = f"[bold]{res['model']}[/] on {res['data']} ({res['samples']} test samples"
+    line = f"[bold]{escape(str(res['model']))}[/] on {res['data']} ({res['samples']} test samples"
     line += ", ideal device)" if res["ideal"] else f", seed {res['seed']})"
     out.print(line)
     if acc is not None:
@@ -750,9 +750,11 @@ def _show_train(res: dict[str, object]) -> None:
         + "; ".join(
             f"{c['name']} = {c['value']:.4g} {c['unit']} ({c['node']}, {c['source']})"
             for c in energy["constants_used"]
-        )
+        ),
+        markup=False,
     )
-    out.print(f"wrote [bold]{res['output']}[/] and {', '.join(res['files'])}")  # type: ignore[arg-type]
+    written = ", ".join(res["files"])  # type: ignore[arg-type]
+    out.print(f"wrote [bold]{escape(str(res['output']))}[/] and {escape(written)}")
 
 
 def _energy_rows_from(energy: dict[str, object]) -> list[tuple[str, ...]]:

@@ -171,3 +171,26 @@ def rng(seed: int = 0) -> np.random.Generator:
 def randn(*shape: int, seed: int = 0, dtype: type = np.float32) -> np.ndarray:
     """Seeded standard-normal samples."""
     return np.asarray(rng(seed).standard_normal(shape), dtype=dtype)
+
+
+def tiny_mlp(path: Path) -> Path:
+    """8 → 6 → ReLU → 3 (two Gemm layers with biases), seeded weights."""
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Gemm", ["input", "w1", "b1"], ["h"], transB=1),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("Gemm", ["r", "w2", "b2"], ["logits"], transB=1),
+    ]
+    model = make_model(
+        nodes,
+        {"input": (np.float32, ["N", 8])},
+        [("logits", np.float32, ["N", 3])],
+        initializers={
+            "w1": (rng.standard_normal((6, 8)) * 0.4).astype(np.float32),
+            "b1": (rng.standard_normal(6) * 0.1).astype(np.float32),
+            "w2": (rng.standard_normal((3, 6)) * 0.4).astype(np.float32),
+            "b2": (rng.standard_normal(3) * 0.1).astype(np.float32),
+        },
+    )
+    onnx.save(model, str(path))
+    return path

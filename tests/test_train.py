@@ -24,7 +24,7 @@ import pytest
 from onnx import helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helpers import make_model
+from helpers import make_model, tiny_mlp
 
 from xbarc import api
 from xbarc.backend import lower as backend
@@ -42,31 +42,6 @@ Array = np.ndarray[Any, Any]
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-def tiny_mlp(path: Path) -> Path:
-    """8 → 6 → ReLU → 3 (two Gemm layers with biases), seeded weights."""
-    rng = np.random.default_rng(0)
-    nodes = [
-        helper.make_node("Gemm", ["input", "w1", "b1"], ["h"], transB=1),
-        helper.make_node("Relu", ["h"], ["r"]),
-        helper.make_node("Gemm", ["r", "w2", "b2"], ["logits"], transB=1),
-    ]
-    model = make_model(
-        nodes,
-        {"input": (np.float32, ["N", 8])},
-        [("logits", np.float32, ["N", 3])],
-        initializers={
-            "w1": (rng.standard_normal((6, 8)) * 0.4).astype(np.float32),
-            "b1": (rng.standard_normal(6) * 0.1).astype(np.float32),
-            "w2": (rng.standard_normal((3, 6)) * 0.4).astype(np.float32),
-            "b2": (rng.standard_normal(3) * 0.1).astype(np.float32),
-        },
-    )
-    import onnx
-
-    onnx.save(model, str(path))
-    return path
 
 
 def tiny_data(n_train: int = 48, n_test: int = 24) -> Dataset:

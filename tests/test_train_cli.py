@@ -86,6 +86,9 @@ def test_compare_prints_the_comparison(mapped: Path, capsys: pytest.CaptureFixtu
     assert {"eapu", "bp"} <= set(rows)
     assert "100.000%" in rows["bp"]  # bp's writes relative to itself
     assert "per-tile update counters" in stdout and "endurance left" in stdout
+    # every constant's source keeps its evidence tag (rich markup would eat "[mem]")
+    consts = next(ln for ln in stdout.splitlines() if ln.startswith("constants: "))
+    assert "[mem]" in stdout[stdout.index(consts) :] and "Horowitz" in stdout
     assert out.exists() and mapped.with_name("c.bp.trained.bin").exists()
     # and as JSON: one document with both runs
     code, stdout, _ = run_cli(
@@ -251,7 +254,8 @@ def test_killed_run_resumes_with_the_cli(mapped: Path) -> None:
 @pytest.fixture(scope="module")
 def tiny3(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model with 3 outputs (the tiny MLP of test_train)."""
-    from test_train import tiny_mlp
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from helpers import tiny_mlp
 
     d = tmp_path_factory.mktemp("tiny3")
     out = d / "tiny3.mapped.bin"
