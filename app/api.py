@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from xbarc.backend import lower as backend
 from xbarc.backend import report as report_mod
 from xbarc.errors import DataError, XbarcError
@@ -80,16 +78,7 @@ def compile_model(
 # ---------------------------------------------------------------------------- eval
 
 
-def load_data(
-    name: str,
-    *,
-    engine_input: tuple[int, ...],
-    engine_output: tuple[int, ...],
-    data_dir: Path | None,
-    seed: int,
-    limit: int = 0,
-    engine_dtype: np.dtype[Any] | None = None,
-) -> Any:
+def load_data(name: str, engine: Any, *, data_dir: Path | None, seed: int, limit: int = 0) -> Any:
     """A data set adapted to the program's per-sample input shape.
 
     ``synthetic`` is generated for the program: its input shape, and one class per output
@@ -97,7 +86,9 @@ def load_data(
     """
     from xbarc.runtime import data as data_mod
 
-    if engine_dtype is not None and engine_dtype.kind != "f":
+    engine_input, engine_output = engine.input_shape, engine.output_shape
+    engine_dtype = engine.program.graph.inputs[0].type.dtype.numpy
+    if engine_dtype.kind != "f":
         raise DataError(
             f"the model's input is {engine_dtype} (token ids?); xbarc's data sets hold float "
             "samples: run such a model through the Python API (Engine.forward)"
@@ -138,9 +129,7 @@ def evaluate(
     eng = Engine.load(mapped, ideal=ideal, seed=seed, threads=threads, kernels=kernels)
     ds = load_data(
         data,
-        engine_input=eng.input_shape,
-        engine_output=eng.output_shape,
-        engine_dtype=eng.program.graph.inputs[0].type.dtype.numpy,
+        eng,
         data_dir=data_dir,
         seed=seed,
         limit=limit,
@@ -235,9 +224,7 @@ def train(
     eng = Engine(prog, ideal=cfg.rule == "float", seed=cfg.seed, threads=threads, kernels=kernels)
     ds = load_data(
         data,
-        engine_input=eng.input_shape,
-        engine_output=eng.output_shape,
-        engine_dtype=eng.program.graph.inputs[0].type.dtype.numpy,
+        eng,
         data_dir=data_dir,
         seed=cfg.seed,
     )
