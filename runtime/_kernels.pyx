@@ -430,6 +430,31 @@ cdef void _conv_item(const float* x, const float* g, const float* slice_w, const
     cdef float* o
     cdef const float* w
     cdef const float* rr
+    cdef int ldp = <int>P
+    cdef char tt = b"T"
+    if kh == 1 and kw == 1 and sh == 1 and sw == 1 and ph0 == 0 and pw0 == 0 and Ho == H \
+            and Wo == W:
+        # pointwise: the image's planes already are the columns (no im2col, no transpose):
+        # out[m, p] = sum_s slice_w[s] * sum_c g[s, c, m] * x[c, p], i.e. the column-major
+        # out^T[P, M] = x^T[P, C] @ g[s][C, M], written straight into the output planes
+        o = out + (n * M + m0) * P + oh0 * Wo
+        for s in range(S):
+            alpha = slice_w[s]
+            beta = zero if s == 0 else one
+            sgemm(&tn, &tt, &bn, &bm, &bk, &alpha, <float*>x + n * C * P + oh0 * Wo, &ldp,
+                  <float*>g + s * K * M + m0, &lda, &beta, o, &ldp)
+        for m in range(nm):
+            b = bias[m0 + m] if bias != NULL else 0.0
+            o = out + (n * M + m0 + m) * P + oh0 * Wo
+            rr = res + (n * M + m0 + m) * P + oh0 * Wo if res != NULL else NULL
+            for q in range(np_):
+                if rr != NULL:
+                    o[q] = (o[q] + b) + rr[q]
+                else:
+                    o[q] = o[q] + b
+                if relu:
+                    o[q] = _relu(o[q])
+        return
     for q in range(nrows):
         _im2col_strip(x, cols + q * Wo * K, n * Ho + oh0 + q, C, H, W, Ho, Wo, kh, kw, sh, sw,
                       ph0, pw0, dh, dw)
@@ -708,8 +733,9 @@ def conv_ideal(x, g, slice_w, int kh, int kw, int sh, int sw, int ph0, int pw0, 
     channels, sized by the shapes only), each in cache: the rows' :func:`im2col` into the
     thread's ``cols``, one small sgemm per slice (at most ``SGEMM_MAX_MNK`` multiply-adds, so
     OpenBLAS runs it on the calling thread) into the thread's ``work``, and ``work`` transposed
-    plus the bias into the output planes. No ``[N*Ho*Wo, K]`` matrix goes through memory and
-    no layout change follows. Every output element is one item's, summed in a fixed order:
+    plus the bias into the output planes (a 1x1, stride-1, unpadded conv skips im2col and the
+    transpose: its sgemm writes the output planes directly). No ``[N*Ho*Wo, K]`` matrix goes
+    through memory and no layout change follows. Every output element is one item's, summed in a fixed order:
     bit-identical for every ``n_threads``. Equal to ``mvm_forward`` on ``im2col(x)`` (ideal
     ADC, no noise) plus the bias, transposed per image, up to float summation order.
 

@@ -502,6 +502,22 @@ def test_conv_ideal_matches_reference(
         _check_conv_ideal(w, m, s, with_bias)
 
 
+@given(
+    w=windows(),
+    m=st.integers(0, 5),
+    s=st.integers(1, 3),
+    with_bias=st.booleans(),
+    mnk=st.sampled_from([1, 7, 40, 300, 524287]),
+)
+def test_conv_ideal_pointwise_matches_reference(
+    w: dict[str, Any], m: int, s: int, with_bias: bool, mnk: int
+) -> None:
+    """1x1, stride 1, no padding: the kernel's path without im2col."""
+    w = {**w, "kh": 1, "kw": 1, "sh": 1, "sw": 1, "ph0": 0, "pw0": 0, "ph1": 0, "pw1": 0}
+    with sgemm_budget(mnk):
+        _check_conv_ideal(w, m, s, with_bias)
+
+
 def _check_conv_ideal(w: dict[str, Any], m: int, s: int, with_bias: bool) -> None:
     x_shape, (_, k) = geometry(w)
     n = w["N"]
