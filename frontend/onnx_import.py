@@ -39,6 +39,7 @@ MIN_OPSET = 7
 """Oldest default-domain opset accepted; older models are upgraded to :data:`UPGRADE_TO`."""
 UPGRADE_TO = 13
 MAX_OPSET = 23
+"""Newest opset whose semantics the lowerings implement; newer models are converted down."""
 FOLD_LIMIT = 4096
 """Nodes whose inputs are all constant fold at import when the result is at most this many
 elements (shape arithmetic); larger constant expressions are left to ``canonicalize``."""
@@ -102,7 +103,24 @@ def _read(path: str) -> _Model:
     if opset < MIN_OPSET:
         raise _fail(path, f"opset {opset} is older than {MIN_OPSET}; re-export the model")
     if opset > MAX_OPSET:
-        raise _fail(path, f"opset {opset} is newer than the newest supported ({MAX_OPSET})")
+        # newer opsets (24+) mostly add element types; ONNX's converter takes them back to
+        # MAX_OPSET, the semantics xbarc implements, or says why it cannot
+        known = onnx.defs.onnx_opset_version()
+        if opset > known:
+            raise _fail(
+                path,
+                f"opset {opset} is newer than the installed onnx {onnx.__version__} knows "
+                f"({known}); xbarc supports up to {MAX_OPSET}",
+            )
+        try:
+            proto = onnx.version_converter.convert_version(proto, MAX_OPSET)
+        except Exception as e:
+            raise _fail(
+                path,
+                f"opset {opset} is newer than the newest supported ({MAX_OPSET}) and cannot "
+                f"be converted to it: {_first_line(e)}",
+            ) from e
+        opset = MAX_OPSET
     if proto.functions:
         try:
             proto = onnx.inliner.inline_local_functions(proto)
