@@ -480,6 +480,78 @@ def _l_matmul(c: _Ctx) -> list[Value]:
     return c.emit(O.MatMul(), [c.need(0), c.need(1)])
 
 
+@lower("Attention")
+def _l_attention(c: _Ctx) -> list[Value | None]:
+    """ONNX ``Attention`` (opset 23) as digital matmuls, scale, mask and softmax.
+
+    torch's dynamo exporter writes ``scaled_dot_product_attention`` as this op at opset 23+.
+    3-D inputs ``[B, S, heads·D]`` are split into heads (``q_num_heads``/``kv_num_heads``)
+    and merged back; grouped-query attention repeats each K/V head over its group of query
+    heads. No KV cache (``past_key``/``past_value``) and no ``present_*`` or
+    ``qk_matmul_output`` outputs.
+    """
+    q, k, v = c.need(0), c.need(1), c.need(2)
+    if c.inp(4) is not None or c.inp(5) is not None:
+        raise c.err("past_key/past_value (a KV cache) are not supported")
+    rank = q.type.rank
+    if rank not in (3, 4) or k.type.rank != rank or v.type.rank != rank:
+        raise c.err(f"Q, K, V must all be 3-D or 4-D, got {q.type}, {k.type}, {v.type}")
+
+    def heads(x: Value, n: int, what: str) -> Value:
+        b, seq, hidden = x.type.shape
+        if n < 1 or hidden % n:
+            raise c.err(f"{what} hidden size {hidden} is not divisible by {n} heads")
+        (r,) = c.emit(O.Reshape(shape=(b, seq, n, hidden // n)), [x])
+        return c.emit(O.Transpose(perm=(0, 2, 1, 3)), [r])[0]
+
+    if rank == 3:
+        hq, hkv = int(c.attr("q_num_heads", 0)), int(c.attr("kv_num_heads", 0))
+        if hq < 1 or hkv < 1:
+            raise c.err("3-D inputs need the q_num_heads and kv_num_heads attributes")
+        q, k, v = heads(q, hq, "Q"), heads(k, hkv, "K"), heads(v, hkv, "V")
+    hq, hkv = q.type.shape[1], k.type.shape[1]
+    if v.type.shape[1] != hkv or hq % hkv:
+        raise c.err(f"{hq} query heads cannot share {hkv} key/value heads")
+    if hq != hkv:  # grouped-query: K/V head j serves query heads j·g … j·g + g − 1
+
+        def repeat(x: Value) -> Value:
+            b, h, seq, d = x.type.shape
+            (r,) = c.emit(O.Reshape(shape=(b, h, 1, seq, d)), [x])
+            (e,) = c.emit(O.Expand(shape=(b, h, hq // h, seq, d)), [r])
+            return c.emit(O.Reshape(shape=(b, hq, seq, d)), [e])[0]
+
+        k, v = repeat(k), repeat(v)
+    d = q.type.shape[3]
+    scale = c.attr("scale", None)
+    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    dt = q.type.dtype.numpy
+    (kt,) = c.emit(O.Transpose(perm=(0, 1, 3, 2)), [k])
+    (s,) = c.emit(O.MatMul(), [q, kt])
+    (s,) = c.emit(O.Mul(), [s, make_const(np.array(scale, dt))])
+    softcap = float(c.attr("softcap", 0.0))
+    if softcap > 0:
+        (s,) = c.emit(O.Div(), [s, make_const(np.array(softcap, dt))])
+        (s,) = c.emit(O.Tanh(), [s])
+        (s,) = c.emit(O.Mul(), [s, make_const(np.array(softcap, dt))])
+    sq, skv = s.type.shape[2], s.type.shape[3]
+    if int(c.attr("is_causal", 0)):
+        allowed = np.tril(np.ones((sq, skv), bool))  # no KV cache: query i sees keys j <= i
+        (s,) = c.emit(O.Add(), [s, make_const(np.where(allowed, 0.0, -np.inf).astype(dt))])
+    mask = c.inp(3)
+    if mask is not None:
+        if mask.type.dtype == DType.BOOL:
+            (s,) = c.emit(O.Where(), [mask, s, make_const(np.array(-np.inf, dt))])
+        else:
+            (s,) = c.emit(O.Add(), [s, mask])
+    (p,) = c.emit(O.Softmax(axis=3), [s])
+    (y,) = c.emit(O.MatMul(), [p, v])
+    if rank == 3:
+        b, h, seq, dv = y.type.shape
+        (t,) = c.emit(O.Transpose(perm=(0, 2, 1, 3)), [y])
+        (y,) = c.emit(O.Reshape(shape=(b, seq, h * dv)), [t])
+    return [y, None, None, None]
+
+
 @lower("Gemm")
 def _l_gemm(c: _Ctx) -> list[Value]:
     op = O.Gemm(

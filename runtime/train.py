@@ -229,6 +229,15 @@ class Trainer:
         if cfg.rule == "float":
             self.sigma = 0.0
         self.classification = cfg.loss == "xent" or (cfg.loss == "auto" and data.classes > 0)
+        g = engine.program.graph
+        # A model exported without a dynamic batch axis runs in chunks of its own batch size;
+        # a training step must be exactly one chunk so the tape matches the gradient.
+        self.fixed_batch = g.inputs[0].type.shape[0] if g.batch is None else 0
+        if self.fixed_batch and cfg.batch != self.fixed_batch:
+            raise ConfigError(
+                f"the model has a fixed batch size of {self.fixed_batch} (exported without a "
+                f"dynamic batch axis): train with --batch {self.fixed_batch}"
+            )
         for name, layer in engine.layers.items():
             if layer.lm.slices != 1:
                 raise XbarcError(
@@ -336,6 +345,9 @@ class Trainer:
                 f"training diverged at epoch {epoch + 1}, batch {index + 1}: the loss is {loss} "
                 f"(rule {self.cfg.rule}, lr {self.lr_at(epoch):g}); lower --lr or check the model"
             )
+        if self.fixed_batch and gout.shape[0] < self.fixed_batch:  # the epoch's last batch
+            pad = np.zeros((self.fixed_batch - gout.shape[0], *gout.shape[1:]), gout.dtype)
+            gout = np.concatenate([gout, pad])  # the padding rows carry no gradient
         wgrads, pgrads = self._backward(tape, gout)
         self._apply(wgrads, pgrads, self.lr_at(epoch))
         self.step_count += 1

@@ -29,6 +29,7 @@ from helpers import (
     rng,
 )
 
+from xbarc.errors import FrontendError
 from xbarc.frontend import supported_ops
 from xbarc.ir import interp
 
@@ -55,7 +56,8 @@ small_shapes = st.lists(st.integers(1, 4), min_size=1, max_size=4).map(tuple)
 def test_every_supported_op_is_covered() -> None:
     # Keep this list in step with the tests below when the frontend learns a new op.
     covered = {
-        "Abs", "Add", "AveragePool", "BatchNormalization", "Cast", "CastLike", "Clip", "Concat",
+        "Abs", "Add", "Attention", "AveragePool", "BatchNormalization", "Cast", "CastLike",
+        "Clip", "Concat",
         "Constant", "ConstantOfShape", "Conv", "Div", "Dropout", "Equal", "Erf", "Exp", "Expand",
         "Flatten", "Gather", "Gelu", "Gemm", "GlobalAveragePool", "GlobalMaxPool", "Greater",
         "GreaterOrEqual", "HardSigmoid", "HardSwish", "Identity", "InstanceNormalization",
@@ -401,6 +403,44 @@ def test_layer_norm(axis: int, bias: bool) -> None:
 def test_layer_norm_broadcast_scale_and_epsilon() -> None:
     consts = {"s": randn(4, seed=1), "b": randn(1, seed=2)}
     node_check("LayerNormalization", {"x": randn(2, 3, 4)}, consts=consts, axis=1, epsilon=0.1)
+
+
+ATTENTION_CASES = {
+    "4d": ({"q": (2, 3, 4, 8), "k": (2, 3, 5, 8), "v": (2, 3, 5, 6)}, {}),
+    "4d-scale-softcap": ({"q": (1, 2, 3, 4), "k": (1, 2, 3, 4), "v": (1, 2, 3, 4)},
+                         {"scale": 0.3, "softcap": 2.0}),
+    "4d-causal": ({"q": (2, 2, 4, 4), "k": (2, 2, 4, 4), "v": (2, 2, 4, 4)}, {"is_causal": 1}),
+    "4d-gqa": ({"q": (1, 4, 3, 4), "k": (1, 2, 5, 4), "v": (1, 2, 5, 4)}, {}),
+    "3d-heads": ({"q": (2, 3, 12), "k": (2, 5, 12), "v": (2, 5, 12)},
+                 {"q_num_heads": 3, "kv_num_heads": 3}),
+    "3d-gqa": ({"q": (2, 3, 16), "k": (2, 3, 8), "v": (2, 3, 8)},
+               {"q_num_heads": 4, "kv_num_heads": 2}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(ATTENTION_CASES))
+@pytest.mark.parametrize("mask", ["none", "bool", "float"])
+def test_attention(case: str, mask: str) -> None:
+    shapes, attrs = ATTENTION_CASES[case]
+    ins = {name: randn(*shape, seed=i) for i, (name, shape) in enumerate(shapes.items())}
+    sq, skv = (
+        shapes["q"][-2 if len(shapes["q"]) == 4 else 1],
+        shapes["k"][-2 if len(shapes["k"]) == 4 else 1],
+    )
+    if mask == "bool":
+        keep = rng(7).random((sq, skv)) < 0.7
+        keep[:, 0] = True  # no fully masked row (the spec's zero-row rule is not modelled)
+        ins["m"] = keep
+    elif mask == "float":
+        ins["m"] = randn(sq, skv, seed=8)
+    node_check("Attention", ins, opset=23, **attrs)
+
+
+def test_attention_kv_cache_is_refused(tmp_path: Path) -> None:
+    ins = {"q": randn(1, 1, 2, 4), "k": randn(1, 1, 2, 4), "v": randn(1, 1, 2, 4)}
+    ins |= {"m": randn(2, 4), "pk": randn(1, 1, 2, 4), "pv": randn(1, 1, 2, 4)}
+    with pytest.raises(FrontendError, match="past_key"):
+        node_check("Attention", ins, opset=23, n_out=3)
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 5), (2, 3, 4, 5), (1, 2, 3, 2, 2)])

@@ -503,3 +503,30 @@ def test_a_diverged_loss_is_one_clear_error(tiny: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(eng, "forward", lambda x, **kw: real(x, **kw) * np.float32(np.nan))
     with pytest.raises(XbarcError, match=r"diverged at epoch 1, batch 1: the loss is nan"):
         tr.run_epoch(0)
+
+
+def test_fixed_batch_model_trains_at_its_batch_size(tmp_path: Path) -> None:
+    """A model exported without a dynamic batch axis trains with exactly its batch size
+    (the epoch's last, partial batch is padded; its padding rows carry no gradient)."""
+    import onnx
+
+    from xbarc.errors import ConfigError
+
+    model = onnx.load(str(tiny_mlp(tmp_path / "dyn.onnx")))
+    for vi in (*model.graph.input, *model.graph.output):
+        vi.type.tensor_type.shape.dim[0].ClearField("dim_param")
+        vi.type.tensor_type.shape.dim[0].dim_value = 4
+    onnx.save(model, str(tmp_path / "fixed.onnx"))
+    out = tmp_path / "fixed.mapped.bin"
+    api.compile_model(tmp_path / "fixed.onnx", ChipConfig(weight_scale=0.0125), output=out)
+    data = tiny_data(n_train=10, n_test=6)
+    with pytest.raises(ConfigError, match=r"fixed batch size of 4.*--batch 4"):
+        Trainer(Engine.load(out, threads=1), TrainConfig(rule="eapu", batch=16), data)
+    eng = Engine.load(out, threads=1)
+    assert eng.program.graph.batch is None
+    tr = Trainer(eng, TrainConfig(rule="bp", batch=4, epochs=2, seed=0), data)
+    before = {k: v.copy() for k, v in tr.params.items()}
+    rec = tr.run_epoch(0)
+    assert math.isfinite(rec.loss)
+    assert tr.samples_trained() == 10
+    assert any(not np.array_equal(before[k], v) for k, v in tr.params.items())
