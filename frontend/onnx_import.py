@@ -673,6 +673,21 @@ def _l_ln(c: _Ctx) -> list[Value | None]:
     ]
 
 
+@lower("RMSNormalization")
+def _l_rms_norm(c: _Ctx) -> list[Value]:
+    """``x / sqrt(mean(x², axes axis..) + epsilon) · scale`` (opset 23; torch's nn.RMSNorm)."""
+    x, scale = c.need(0), c.need(1)
+    rank = x.type.rank
+    axis = _axis(c, int(c.attr("axis", -1)), rank)
+    dt = x.type.dtype.numpy
+    (sq,) = c.emit(O.Mul(), [x, x])
+    (ms,) = c.emit(O.ReduceMean(axes=tuple(range(axis, rank)), keepdims=True), [sq])
+    (ms,) = c.emit(O.Add(), [ms, make_const(np.array(float(c.attr("epsilon", 1e-5)), dt))])
+    (rms,) = c.emit(O.Sqrt(), [ms])
+    (y,) = c.emit(O.Div(), [x, rms])
+    return c.emit(O.Mul(), [y, scale])
+
+
 @lower("InstanceNormalization")
 def _l_instance_norm(c: _Ctx) -> list[Value]:
     """Normalise each (sample, channel) over the spatial axes, then scale and shift per channel.

@@ -64,7 +64,8 @@ def test_every_supported_op_is_covered() -> None:
         "LayerNormalization",
         "LeakyRelu", "Less", "LessOrEqual", "Log", "LogSoftmax", "MatMul", "Max", "MaxPool",
         "Min", "Mul", "Neg", "Not", "Pad", "Pow", "Range", "Reciprocal", "ReduceMax",
-        "ReduceMean", "ReduceSum", "Relu", "Reshape", "Shape", "Sigmoid", "Size", "Slice",
+        "ReduceMean", "ReduceSum", "Relu", "RMSNormalization", "Reshape", "Shape", "Sigmoid",
+        "Size", "Slice",
         "Softmax", "Softplus", "Split", "Sqrt", "Squeeze", "Sub", "Sum", "Tanh", "Tile",
         "Transpose", "Unsqueeze", "Where",
     }  # fmt: skip
@@ -442,6 +443,13 @@ def test_attention_kv_cache_is_refused(tmp_path: Path) -> None:
     with pytest.raises(FrontendError, match="past_key"):
         node_check("Attention", ins, opset=23, n_out=3)
 
+
+@pytest.mark.parametrize("axis", [-1, -2, 1])
+def test_rms_norm(axis: int) -> None:
+    shape = (2, 3, 4)
+    consts = {"s": randn(*shape[axis:], seed=1)}
+    node_check("RMSNormalization", {"x": randn(*shape) * 2}, consts=consts, opset=23, axis=axis)
+    node_check("RMSNormalization", {"x": randn(*shape)}, consts=consts, opset=23, epsilon=0.5)
 
 @pytest.mark.parametrize("shape", [(2, 3, 5), (2, 3, 4, 5), (1, 2, 3, 2, 2)])
 def test_instance_norm(shape: tuple[int, ...]) -> None:
