@@ -451,6 +451,7 @@ def test_rms_norm(axis: int) -> None:
     node_check("RMSNormalization", {"x": randn(*shape) * 2}, consts=consts, opset=23, axis=axis)
     node_check("RMSNormalization", {"x": randn(*shape)}, consts=consts, opset=23, epsilon=0.5)
 
+
 @pytest.mark.parametrize("shape", [(2, 3, 5), (2, 3, 4, 5), (1, 2, 3, 2, 2)])
 def test_instance_norm(shape: tuple[int, ...]) -> None:
     consts = {"s": randn(shape[1], seed=1), "b": randn(shape[1], seed=2)}
