@@ -370,6 +370,74 @@ def _l_leaky(c: _Ctx) -> list[Value]:
     return c.emit(O.LeakyRelu(alpha=float(c.attr("alpha", 0.01))), [c.need(0)])
 
 
+def _scalar(x: Value, v: float) -> Value:
+    """A scalar constant of ``x``'s element type."""
+    return make_const(np.array(v, x.type.dtype.numpy))
+
+
+def _pos_neg(c: _Ctx, x: Value) -> tuple[Value, Value]:
+    """``(max(x, 0), min(x, 0))``: the two halves piecewise activations are built from."""
+    zero = _scalar(x, 0.0)
+    return c.emit(O.Max(), [x, zero])[0], c.emit(O.Min(), [x, zero])[0]
+
+
+def _expm1_neg(c: _Ctx, neg: Value, alpha: float, inner: float = 1.0) -> Value:
+    """``alpha · (exp(inner · neg) − 1)`` of a value ``neg <= 0`` (exp never overflows)."""
+    (e,) = c.emit(O.Mul(), [neg, _scalar(neg, inner)]) if inner != 1.0 else (neg,)
+    (e,) = c.emit(O.Exp(), [e])
+    (e,) = c.emit(O.Sub(), [e, _scalar(neg, 1.0)])
+    return c.emit(O.Mul(), [e, _scalar(neg, alpha)])[0]
+
+
+@lower("Elu", "Selu", "Celu")
+def _l_elu(c: _Ctx) -> list[Value]:
+    """ELU family as ``max(x, 0) + alpha·(exp(min(x, 0)/s) − 1)`` (times ``gamma`` for SELU).
+
+    Built from existing ops, so training gets their gradients; the exponential only sees
+    ``min(x, 0)``, so it cannot overflow into a NaN gradient.
+    """
+    x = c.need(0)
+    pos, neg = _pos_neg(c, x)
+    op = c.node_op
+    if op == "Selu":
+        alpha = float(c.attr("alpha", 1.67326319217681884765625))
+        gamma = float(c.attr("gamma", 1.05070102214813232421875))
+    else:
+        alpha, gamma = float(c.attr("alpha", 1.0)), 1.0
+    if op == "Celu" and alpha == 0:
+        raise c.err("attribute alpha=0 is not allowed for Celu")
+    inner = 1.0 / alpha if op == "Celu" else 1.0
+    (y,) = c.emit(O.Add(), [pos, _expm1_neg(c, neg, alpha, inner)])
+    return c.emit(O.Mul(), [y, _scalar(y, gamma)]) if gamma != 1.0 else [y]
+
+
+@lower("PRelu")
+def _l_prelu(c: _Ctx) -> list[Value]:
+    """``max(x, 0) + slope · min(x, 0)``; a constant slope is a trainable digital parameter."""
+    x, slope = c.need(0), c.need(1)
+    pos, neg = _pos_neg(c, x)
+    (m,) = c.emit(O.Mul(), [slope, neg])
+    return c.emit(O.Add(), [pos, m])
+
+
+@lower("Mish")
+def _l_mish(c: _Ctx) -> list[Value]:
+    """``x · tanh(softplus(x))``."""
+    x = c.need(0)
+    (sp,) = c.emit(O.Softplus(), [x])
+    (t,) = c.emit(O.Tanh(), [sp])
+    return c.emit(O.Mul(), [x, t])
+
+
+@lower("Softsign")
+def _l_softsign(c: _Ctx) -> list[Value]:
+    """``x / (1 + |x|)``."""
+    x = c.need(0)
+    (a,) = c.emit(O.Abs(), [x])
+    (d,) = c.emit(O.Add(), [a, _scalar(x, 1.0)])
+    return c.emit(O.Div(), [x, d])
+
+
 @lower("HardSigmoid")
 def _l_hsig(c: _Ctx) -> list[Value]:
     op = O.HardSigmoid(alpha=float(c.attr("alpha", 0.2)), beta=float(c.attr("beta", 0.5)))

@@ -57,7 +57,7 @@ def test_every_supported_op_is_covered() -> None:
     # Keep this list in step with the tests below when the frontend learns a new op.
     covered = {
         "Abs", "Add", "Attention", "AveragePool", "BatchNormalization", "Cast", "CastLike",
-        "Clip", "Concat",
+        "Celu", "Clip", "Concat", "Elu", "Mish", "PRelu", "Selu", "Softsign",
         "Constant", "ConstantOfShape", "Conv", "Div", "Dropout", "Equal", "Erf", "Exp", "Expand",
         "Flatten", "Gather", "Gelu", "Gemm", "GlobalAveragePool", "GlobalMaxPool", "Greater",
         "GreaterOrEqual", "HardSigmoid", "HardSwish", "Identity", "InstanceNormalization",
@@ -93,6 +93,31 @@ def test_unary_positive(op: str) -> None:
 @pytest.mark.parametrize("alpha", [0.01, 0.2, -0.5])
 def test_leaky_relu(alpha: float) -> None:
     node_check("LeakyRelu", {"x": randn(2, 3, 4)}, alpha=alpha)
+
+
+@pytest.mark.parametrize(
+    ("op", "attrs", "opset"),
+    [
+        ("Elu", {}, 17),
+        ("Elu", {"alpha": 0.3}, 17),
+        ("Selu", {}, 17),
+        ("Selu", {"alpha": 1.5, "gamma": 0.8}, 17),
+        ("Celu", {}, 17),
+        ("Celu", {"alpha": 2.5}, 17),
+        ("Mish", {}, 18),
+        ("Softsign", {}, 17),
+    ],
+)
+def test_composed_activations(op: str, attrs: dict[str, object], opset: int) -> None:
+    x = randn(3, 4, 5) * 4
+    x[0, 0, :3] = [0.0, 60.0, -60.0]  # exp(60) overflows float32: the lowering must not
+    node_check(op, {"x": x}, opset=opset, **attrs)
+
+
+@pytest.mark.parametrize("slope_shape", [(1,), (3, 1, 1), (5,)])
+def test_prelu(slope_shape: tuple[int, ...]) -> None:
+    node_check("PRelu", {"x": randn(2, 3, 4, 5)}, consts={"s": randn(*slope_shape, seed=3)})
+    node_check("PRelu", {"x": randn(2, 3, 4, 5), "s": randn(*slope_shape, seed=4)})
 
 
 def test_hard_sigmoid() -> None:
