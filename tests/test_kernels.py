@@ -487,13 +487,18 @@ def test_rms_values(mod: ModuleType) -> None:
     np.testing.assert_allclose(out_t[0, 0], [np.sqrt(4.5), np.sqrt(8), np.sqrt(2.5)], rtol=1e-6)
 
 
-@given(
-    w=windows(),
-    m=st.integers(0, 5),
-    s=st.integers(1, 3),
-    with_bias=st.booleans(),
-    mnk=st.sampled_from([1, 7, 40, 300, 524287]),
-)
+CONV_IDEAL_CASES = {
+    "w": windows(),
+    "m": st.integers(0, 5),
+    "s": st.integers(1, 3),
+    "with_bias": st.booleans(),
+    "mnk": st.sampled_from([1, 7, 40, 300, 524287]),
+}
+"""Geometry, output channels, slices, bias, and the per-call sgemm budget (small values split
+the work items by output rows and by channels)."""
+
+
+@given(**CONV_IDEAL_CASES)
 def test_conv_ideal_matches_reference(
     w: dict[str, Any], m: int, s: int, with_bias: bool, mnk: int
 ) -> None:
@@ -502,13 +507,7 @@ def test_conv_ideal_matches_reference(
         _check_conv_ideal(w, m, s, with_bias)
 
 
-@given(
-    w=windows(),
-    m=st.integers(0, 5),
-    s=st.integers(1, 3),
-    with_bias=st.booleans(),
-    mnk=st.sampled_from([1, 7, 40, 300, 524287]),
-)
+@given(**CONV_IDEAL_CASES)
 def test_conv_ideal_pointwise_matches_reference(
     w: dict[str, Any], m: int, s: int, with_bias: bool, mnk: int
 ) -> None:
