@@ -253,8 +253,6 @@ def train(
 
 def write_train_report(summary: dict[str, Any], out: Path) -> list[Path]:
     """``<out>.report.json`` (everything) and ``<out>.report.csv`` (per-epoch metrics)."""
-    import csv
-    import io
     import json
 
     from xbarc.fsutil import atomic_write_text
@@ -262,11 +260,5 @@ def write_train_report(summary: dict[str, Any], out: Path) -> list[Path]:
     stem = out.with_suffix("") if out.suffix == ".bin" else out
     jpath, cpath = Path(f"{stem}.report.json"), Path(f"{stem}.report.csv")
     atomic_write_text(jpath, json.dumps(summary, indent=2, sort_keys=True, default=float) + "\n")
-    buf = io.StringIO()
-    rows = summary["history"]
-    if rows:
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    atomic_write_text(cpath, buf.getvalue())
+    atomic_write_text(cpath, report_mod.rows_csv(summary["history"]))
     return [jpath, cpath]

@@ -282,26 +282,24 @@ def build(p: Program) -> dict[str, Any]:
     return rep
 
 
-def to_csv(report: dict[str, Any]) -> str:
-    """Per-layer rows as CSV text."""
+def rows_csv(rows: list[dict[str, Any]]) -> str:
+    """Dict rows as CSV text, the header from the first row's keys ("" for no rows)."""
     buf = io.StringIO()
-    rows = report["layers"]
     if rows:
         w = csv.DictWriter(buf, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
     return buf.getvalue()
+
+
+def to_csv(report: dict[str, Any]) -> str:
+    """Per-layer rows as CSV text."""
+    return rows_csv(report["layers"])
 
 
 def tiles_csv(report: dict[str, Any]) -> str:
     """Per-tile rows as CSV text."""
-    buf = io.StringIO()
-    rows = report["tiles"]
-    if rows:
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return buf.getvalue()
+    return rows_csv(report["tiles"])
 
 
 def write_files(report: dict[str, Any], out: Path) -> list[Path]:

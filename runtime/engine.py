@@ -814,6 +814,15 @@ class Engine:
         self._count(layer, n * ho * wo)
         return out.reshape(n, -1, ho, wo)
 
+    def _read_noise(self, shape: tuple[int, ...], rms: Array, gi: int) -> tuple[Array, Array]:
+        """Read-noise draws of ``shape`` and group ``gi``'s rms table for a tiled MVM.
+
+        Without read noise: empty arrays, which the kernels do not read.
+        """
+        if self.read_noise > 0:
+            return self.rng.standard_normal(shape, dtype=np.float32), rms[gi]
+        return np.zeros((0, 0, 0, 0), np.float32), np.zeros((0, 0, 0), np.float32)
+
     def mvm(self, layer: Layer, gi: int, x: Array) -> Array:
         """Forward MVM of one group on the tiles: ``[P, R] → [P, C]`` (no bias)."""
         lm = layer.lm
@@ -822,12 +831,7 @@ class Engine:
         out = np.empty((p, c), np.float32)
         work = np.empty((p, c), np.float32)
         nr = math.ceil(r / self.tile_rows)
-        if self.read_noise > 0:
-            noise = self.rng.standard_normal((nr, s, p, c), dtype=np.float32)
-            rms = layer.rms[gi]
-        else:
-            noise = np.zeros((0, 0, 0, 0), np.float32)
-            rms = np.zeros((0, 0, 0), np.float32)
+        noise, rms = self._read_noise((nr, s, p, c), layer.rms, gi)
         adc = layer.adc_range[gi] if self.adc_bits else np.zeros((nr, s), np.float32)
         self.k.mvm_forward(
             x,
@@ -926,12 +930,7 @@ class Engine:
             layer.adc_range_t = self._adc_ranges_t(layer, dyn)
         out = np.empty((p, r), np.float32)
         work = np.empty((p, r), np.float32)
-        if self.read_noise > 0:
-            noise = self.rng.standard_normal((nc, s, p, r), dtype=np.float32)
-            rms = layer.rms_t[gi]
-        else:
-            noise = np.zeros((0, 0, 0, 0), np.float32)
-            rms = np.zeros((0, 0, 0), np.float32)
+        noise, rms = self._read_noise((nc, s, p, r), layer.rms_t, gi)
         adc = layer.adc_range_t[gi] if self.adc_bits else np.zeros((nc, s), np.float32)
         self.k.mvm_backward(
             dyn,
