@@ -364,53 +364,10 @@ def mvm_forward(
     Raises:
         ValueError: On a wrong array or an invalid scalar argument.
     """
-    fn = "mvm_forward"
-    x = _array(fn, "x", x, 2)
-    g = _array(fn, "g", g, 3)
-    slice_w = _array(fn, "slice_w", slice_w, 1)
-    adc_range = _array(fn, "adc_range", adc_range, 2)
-    g_rms = _array(fn, "g_rms", g_rms, 3)
-    noise = _array(fn, "noise", noise, 4)
-    work = _array(fn, "work", work, 2, writable=True)
-    out = _array(fn, "out", out, 2, writable=True)
-    b, r = x.shape
-    s, c = g.shape[0], g.shape[2]
-    _expect(fn, "g", g.shape, (s, r, c))
-    _expect(fn, "slice_w", slice_w.shape, (s,))
-    if row_block < 1:
-        raise ValueError(f"{fn}: row_block must be >= 1, got {row_block}")
-    nr = -(-r // row_block)
-    sigma = np.float32(read_sigma)
-    _check_mvm(fn, adc_bits, adc_range, float(sigma), nr, s, n_threads)
-    if sigma > 0:
-        _expect(fn, "g_rms", g_rms.shape, (nr, s, c))
-        _expect(fn, "noise", noise.shape, (nr, s, b, c))
-    _expect(fn, "work", work.shape, (b, c))
-    _expect(fn, "out", out.shape, (b, c))
-    _disjoint(
-        fn,
-        {"out": out, "work": work},
-        {
-            "x": x,
-            "g": g,
-            "slice_w": slice_w,
-            "adc_range": adc_range,
-            "g_rms": g_rms,
-            "noise": noise,
-        },
-    )
-    out[...] = 0
-    for blk in range(nr):
-        rows = slice(blk * row_block, min(r, (blk + 1) * row_block))
-        xb = x[:, rows]
-        xn = np.sqrt(np.sum(xb * xb, axis=1))
-        for si in range(s):
-            p = np.matmul(xb, g[si, rows, :], out=work)
-            if sigma > 0:
-                p = p + sigma * xn[:, None] * g_rms[blk, si][None, :] * noise[blk, si]
-            if adc_bits > 0:
-                p = quantized(p, adc_bits, float(adc_range[blk, si]), signed=True)
-            out += slice_w[si] * p
+    _tiled(
+        "mvm_forward", ("x", "row_block", "g_rms"), x, g, slice_w, row_block, adc_bits,
+        adc_range, read_sigma, g_rms, noise, work, out, n_threads, trans=False,
+    )  # fmt: skip
 
 
 def conv_ideal(
@@ -550,50 +507,71 @@ def mvm_backward(
     Raises:
         ValueError: On a wrong array or an invalid scalar argument.
     """
-    fn = "mvm_backward"
-    dy = _array(fn, "dy", dy, 2)
+    _tiled(
+        "mvm_backward", ("dy", "col_block", "g_rms_t"), dy, g, slice_w, col_block, adc_bits,
+        adc_range, read_sigma, g_rms_t, noise, work, out, n_threads, trans=True,
+    )  # fmt: skip
+
+
+def _tiled(
+    fn: str,
+    names: tuple[str, str, str],
+    x: F32,
+    g: F32,
+    slice_w: F32,
+    block: int,
+    adc_bits: int,
+    adc_range: F32,
+    read_sigma: float,
+    rms: F32,
+    noise: F32,
+    work: F32,
+    out: F32,
+    n_threads: int,
+    *,
+    trans: bool,
+) -> None:
+    """Shared body of :func:`mvm_forward` (``trans=False``) and :func:`mvm_backward`.
+
+    ``x`` is ``[B, K]``; the reduction runs over ``K`` in blocks of ``block``: the rows of
+    ``g[s]`` (forward, ``K = R``) or its columns (backward, ``K = C``, ``g[s]`` used
+    transposed). ``names`` are the caller's names for ``x``, ``block`` and ``rms``.
+    """
+    x_name, block_name, rms_name = names
+    x = _array(fn, x_name, x, 2)
     g = _array(fn, "g", g, 3)
     slice_w = _array(fn, "slice_w", slice_w, 1)
     adc_range = _array(fn, "adc_range", adc_range, 2)
-    g_rms_t = _array(fn, "g_rms_t", g_rms_t, 3)
+    rms = _array(fn, rms_name, rms, 3)
     noise = _array(fn, "noise", noise, 4)
     work = _array(fn, "work", work, 2, writable=True)
     out = _array(fn, "out", out, 2, writable=True)
-    b, c = dy.shape
-    s, r = g.shape[0], g.shape[1]
-    _expect(fn, "g", g.shape, (s, r, c))
+    b, k = x.shape
+    s, n = g.shape[0], g.shape[1 if trans else 2]
+    _expect(fn, "g", g.shape, (s, n, k) if trans else (s, k, n))
     _expect(fn, "slice_w", slice_w.shape, (s,))
-    if col_block < 1:
-        raise ValueError(f"{fn}: col_block must be >= 1, got {col_block}")
-    nc = -(-c // col_block)
+    if block < 1:
+        raise ValueError(f"{fn}: {block_name} must be >= 1, got {block}")
+    nb = -(-k // block)
     sigma = np.float32(read_sigma)
-    _check_mvm(fn, adc_bits, adc_range, float(sigma), nc, s, n_threads)
+    _check_mvm(fn, adc_bits, adc_range, float(sigma), nb, s, n_threads)
     if sigma > 0:
-        _expect(fn, "g_rms_t", g_rms_t.shape, (nc, s, r))
-        _expect(fn, "noise", noise.shape, (nc, s, b, r))
-    _expect(fn, "work", work.shape, (b, r))
-    _expect(fn, "out", out.shape, (b, r))
-    _disjoint(
-        fn,
-        {"out": out, "work": work},
-        {
-            "dy": dy,
-            "g": g,
-            "slice_w": slice_w,
-            "adc_range": adc_range,
-            "g_rms_t": g_rms_t,
-            "noise": noise,
-        },
-    )
+        _expect(fn, rms_name, rms.shape, (nb, s, n))
+        _expect(fn, "noise", noise.shape, (nb, s, b, n))
+    _expect(fn, "work", work.shape, (b, n))
+    _expect(fn, "out", out.shape, (b, n))
+    ins = {x_name: x, "g": g, "slice_w": slice_w, "adc_range": adc_range, rms_name: rms}
+    _disjoint(fn, {"out": out, "work": work}, {**ins, "noise": noise})
     out[...] = 0
-    for blk in range(nc):
-        cols = slice(blk * col_block, min(c, (blk + 1) * col_block))
-        db = dy[:, cols]
-        dn = np.sqrt(np.sum(db * db, axis=1))
+    for blk in range(nb):
+        part = slice(blk * block, min(k, (blk + 1) * block))
+        xb = x[:, part]
+        xn = np.sqrt(np.sum(xb * xb, axis=1))
         for si in range(s):
-            p = np.matmul(db, g[si][:, cols].T, out=work)
+            gb = g[si][:, part].T if trans else g[si, part, :]
+            p = np.matmul(xb, gb, out=work)
             if sigma > 0:
-                p = p + sigma * dn[:, None] * g_rms_t[blk, si][None, :] * noise[blk, si]
+                p = p + sigma * xn[:, None] * rms[blk, si][None, :] * noise[blk, si]
             if adc_bits > 0:
                 p = quantized(p, adc_bits, float(adc_range[blk, si]), signed=True)
             out += slice_w[si] * p
