@@ -36,70 +36,48 @@ def best(fn: Callable[[], object], repeat: int) -> float:
 
 
 def bench_mvm(b: int, r: int, c: int, repeat: int, rng: np.random.Generator) -> None:
-    s = 1
-    x = rng.uniform(-1, 1, (b, r)).astype(F32)
-    g = rng.normal(0, 20, (s, r, c)).astype(F32)
+    g = rng.normal(0, 20, (1, r, c)).astype(F32)
+    # forward: x[B, R] -> [B, C] on 128-row tiles; transposed: dy[B, C] -> [B, R] on
+    # 64-column tiles
+    _bench_direction("mvm_forward ", _kernels.mvm_forward, g, b, r, c, 128, "row", repeat, rng)
+    _bench_direction("mvm_backward", _kernels.mvm_backward, g, b, c, r, 64, "col", repeat, rng)
+
+
+def _bench_direction(
+    label: str,
+    kernel: Callable[..., None],
+    g: np.ndarray,
+    b: int,
+    k: int,
+    n: int,
+    block: int,
+    what: str,
+    repeat: int,
+    rng: np.random.Generator,
+) -> None:
+    """One MVM direction: inputs ``[b, k]``, outputs ``[b, n]``, ideal / ADC / ADC + noise."""
+    s = g.shape[0]
     sw = np.ones(s, F32)
-    out = np.empty((b, c), F32)
-    work = np.empty((b, c), F32)
+    x = rng.uniform(-1, 1, (b, k)).astype(F32)
+    out, work, ref = (np.empty((b, n), F32) for _ in range(3))
+    mat = g[0] if what == "row" else g[0].T
+    t_np = best(lambda: np.matmul(x, mat, out=ref), repeat)
     threads = _kernels.n_threads_default()
     e2, e3, e4 = np.zeros((0, 0), F32), np.zeros((0, 0, 0), F32), np.zeros((0, 0, 0, 0), F32)
-    ref_out = np.empty((b, c), F32)
-    t_np = best(lambda: np.matmul(x, g[0], out=ref_out), repeat)
-
-    def ideal() -> None:
-        _kernels.mvm_forward(x, g, sw, 128, 0, e2, 0.0, e3, e4, work, out, threads)
-
-    rb = 128
-    nr = -(-r // rb)
-    adc = np.full((nr, s), 200.0, F32)
-    rms = np.full((nr, s, c), 20.0, F32)
-    noise = rng.standard_normal((nr, s, b, c), dtype=F32)
-
-    def adc_only() -> None:
-        _kernels.mvm_forward(x, g, sw, rb, 6, adc, 0.0, e3, e4, work, out, threads)
-
-    def nonideal() -> None:
-        _kernels.mvm_forward(x, g, sw, rb, 6, adc, 0.05, rms, noise, work, out, threads)
-
-    t_ideal = best(ideal, repeat)
-    t_adc = best(adc_only, repeat)
-    t_non = best(nonideal, repeat)
-    print(
-        f"mvm_forward  B={b:5d} R={r:4d} C={c:4d} ({nr} row blocks): numpy {t_np * 1e3:7.3f} ms"
-        f" | ideal {t_ideal / t_np:5.2f}x | adc6 {t_adc / t_np:5.2f}x"
-        f" | adc6+noise {t_non / t_np:5.2f}x"
+    nb = -(-k // block)
+    adc = np.full((nb, s), 200.0, F32)
+    rms = np.full((nb, s, n), 20.0, F32)
+    noise = rng.standard_normal((nb, s, b, n), dtype=F32)
+    t_ideal = best(lambda: kernel(x, g, sw, block, 0, e2, 0.0, e3, e4, work, out, threads), repeat)
+    t_adc = best(lambda: kernel(x, g, sw, block, 6, adc, 0.0, e3, e4, work, out, threads), repeat)
+    t_non = best(
+        lambda: kernel(x, g, sw, block, 6, adc, 0.05, rms, noise, work, out, threads), repeat
     )
-
-    # transposed: dy[B, C] -> out[B, R]
-    dy = rng.uniform(-1, 1, (b, c)).astype(F32)
-    out_t = np.empty((b, r), F32)
-    work_t = np.empty((b, r), F32)
-    ref_t = np.empty((b, r), F32)
-    gt = g[0].T
-    t_np_t = best(lambda: np.matmul(dy, gt, out=ref_t), repeat)
-    cb = 64
-    nc = -(-c // cb)
-    adc_t = np.full((nc, s), 200.0, F32)
-    rms_t = np.full((nc, s, r), 20.0, F32)
-    noise_t = rng.standard_normal((nc, s, b, r), dtype=F32)
-
-    def ideal_t() -> None:
-        _kernels.mvm_backward(dy, g, sw, cb, 0, e2, 0.0, e3, e4, work_t, out_t, threads)
-
-    def adc_only_t() -> None:
-        _kernels.mvm_backward(dy, g, sw, cb, 6, adc_t, 0.0, e3, e4, work_t, out_t, threads)
-
-    def nonideal_t() -> None:
-        _kernels.mvm_backward(dy, g, sw, cb, 6, adc_t, 0.05, rms_t, noise_t, work_t, out_t, threads)
-
-    t_ideal_t = best(ideal_t, repeat)
-    t_adc_t = best(adc_only_t, repeat)
-    t_non_t = best(nonideal_t, repeat)
+    rows, cols = (k, n) if what == "row" else (n, k)
     print(
-        f"mvm_backward B={b:5d} R={r:4d} C={c:4d} ({nc} col blocks): numpy {t_np_t * 1e3:7.3f} ms"
-        f" | ideal {t_ideal_t / t_np_t:5.2f}x | adc6 {t_adc_t / t_np_t:5.2f}x"
-        f" | adc6+noise {t_non_t / t_np_t:5.2f}x"
+        f"{label} B={b:5d} R={rows:4d} C={cols:4d} ({nb} {what} blocks): numpy "
+        f"{t_np * 1e3:7.3f} ms | ideal {t_ideal / t_np:5.2f}x | adc6 {t_adc / t_np:5.2f}x"
+        f" | adc6+noise {t_non / t_np:5.2f}x"
     )
 
 
