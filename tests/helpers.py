@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from xbarc.frontend import load_onnx
@@ -194,3 +196,19 @@ def tiny_mlp(path: Path) -> Path:
     )
     onnx.save(model, str(path))
     return path
+
+
+def run_cli(
+    args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> tuple[int, str, str]:
+    """Run ``xbarc ARGS`` in this process; return (exit code, stdout, stderr)."""
+    from xbarc.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["xbarc", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    out, err = capsys.readouterr()
+    return code, out, err

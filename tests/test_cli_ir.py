@@ -11,6 +11,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers import run_cli
 from onnx import helper
 
 from xbarc.cli import main
@@ -19,20 +22,6 @@ from xbarc.frontend import load_onnx
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = REPO / "models"
-
-
-def run_cli(
-    args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> tuple[int, str, str]:
-    """Run ``xbarc ARGS`` in this process; return (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["xbarc", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def run_subprocess(args: list[str]) -> subprocess.CompletedProcess[str]:

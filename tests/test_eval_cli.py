@@ -12,27 +12,15 @@ from typing import Any
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers import run_cli
+
 from xbarc import api
-from xbarc.cli import main
 from xbarc.passes import ChipConfig
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = REPO / "models"
 TRAINED_ACC = 0.9611  # digits_mlp_trained on the digits test split (models/README.md)
-
-
-def run_cli(
-    args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> tuple[int, str, str]:
-    """Run ``xbarc ARGS`` in this process; return (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["xbarc", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")
