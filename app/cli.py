@@ -604,20 +604,9 @@ def _with_rule(path: Path, rule: str) -> Path:
 
 
 def _toml_table(path: Path, table: str) -> dict[str, object]:
-    import tomllib
+    from xbarc.fsutil import toml_table
 
-    from xbarc.errors import ConfigError
-
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read TOML ({e})") from None
-    t = data.get(table, {})
-    if not isinstance(t, dict):
-        raise ConfigError(f"{path}: [{table}] must be a table")
-    return dict(t)
+    return toml_table(path, table)
 
 
 @contextmanager

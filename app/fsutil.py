@@ -1,11 +1,17 @@
-"""Atomic file writes: a temp file in the same folder, fsync, then rename."""
+"""File helpers: atomic writes and TOML config reads.
+
+Writes go to a temp file in the same folder, are fsynced, then renamed. Reads raise one-line
+``ConfigError`` messages that name the file.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import tempfile
+import tomllib
 from pathlib import Path
+from typing import Any
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -31,3 +37,26 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """:func:`atomic_write_bytes` for UTF-8 text."""
     atomic_write_bytes(path, text.encode())
+
+
+def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A TOML file's tables; ``ConfigError`` naming the file if it is missing or malformed."""
+    from xbarc.errors import ConfigError
+
+    p = Path(path)
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such config file") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{p}: cannot read TOML ({e})") from None
+
+
+def toml_table(path: str | os.PathLike[str], table: str) -> dict[str, Any]:
+    """Table ``[table]`` of a TOML file (empty if absent); ``ConfigError`` if not a table."""
+    from xbarc.errors import ConfigError
+
+    t = read_toml(path).get(table, {})
+    if not isinstance(t, dict):
+        raise ConfigError(f"{path}: [{table}] must be a table, got {t!r}")
+    return dict(t)

@@ -29,12 +29,12 @@ import dataclasses
 import hashlib
 import json
 import math
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from xbarc.errors import ConfigError
+from xbarc.fsutil import read_toml
 
 
 @dataclass(frozen=True)
@@ -231,12 +231,7 @@ class ChipConfig:
     def from_toml(path: str | Path, **overrides: Any) -> ChipConfig:
         """Read ``[chip]``, ``[device]`` and ``[energy]`` tables; ``overrides`` win."""
         p = Path(path)
-        try:
-            data = tomllib.loads(p.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{p}: no such config file") from None
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-            raise ConfigError(f"{p}: cannot read TOML ({e})") from None
+        data = read_toml(p)
         unknown = set(data) - {"chip", "device", "energy"}
         if unknown:
             raise ConfigError(

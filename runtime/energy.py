@@ -49,7 +49,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +59,7 @@ import numpy as np
 import numpy.typing as npt
 
 from xbarc.errors import ConfigError
+from xbarc.fsutil import toml_table
 from xbarc.runtime.counters import DigitalCounters, TileCounters
 
 FloatArray = npt.NDArray[np.float64]
@@ -498,17 +498,7 @@ class EnergyModel:
             ConfigError: If the file cannot be read or an override is invalid; the message
                 names the file and the key.
         """
-        p = Path(path)
-        try:
-            data = tomllib.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{p}: no such config file") from None
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-            raise ConfigError(f"{p}: cannot read TOML ({e})") from None
-        table = data.get("energy", {})
-        if not isinstance(table, dict):
-            raise ConfigError(f"{p}: [energy] must be a table, got {table!r}")
-        return cls.default().with_overrides(table, where=str(p))
+        return cls.default().with_overrides(toml_table(path, "energy"), where=str(path))
 
     def with_overrides(
         self, overrides: Mapping[str, Any], *, where: str = "overrides"
