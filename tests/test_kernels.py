@@ -768,6 +768,9 @@ def test_overlapping_buffers_raise(mod: ModuleType) -> None:
 def test_readonly_inputs_are_accepted() -> None:
     # mapped.bin arrays are read-only mmap views: IN arrays must accept them
     args = good_args()["mvm_forward"]
+    want = np.empty_like(args["out"])
+    reference.mvm_forward(**{**args, "out": want})
     for name in ("x", "g", "slice_w", "adc_range", "g_rms", "noise"):
         args[name] = readonly(args[name])
     _kernels.mvm_forward(**args)
+    np.testing.assert_allclose(args["out"], want, rtol=1e-5)
