@@ -11,7 +11,6 @@ of every device (``wear``).
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -263,7 +262,3 @@ def load(path: str | Path) -> Program:
         extra_arrays,
     )
 
-
-def describe(p: Program) -> str:
-    """A short JSON summary (for logs)."""
-    return json.dumps({"layers": len(p.layers), "tiles": p.n_tiles, "state": p.state})

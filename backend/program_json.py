@@ -34,11 +34,6 @@ TILE_FIELDS = (
 )
 
 
-def type_to_str(t: TensorType) -> str:
-    """``f32[1,64]``."""
-    return str(t)
-
-
 def type_from_str(s: str) -> TensorType:
     """Parse ``f32[1,64]``; FormatError if malformed."""
     m = _TYPE.match(s) if isinstance(s, str) else None
