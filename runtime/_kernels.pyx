@@ -422,14 +422,12 @@ cdef void _conv_item(const float* x, const float* g, const float* slice_w, const
     cdef Py_ssize_t oh0 = (rem // nmb) * rb, m0 = (rem % nmb) * mb
     cdef Py_ssize_t nrows = rb if oh0 + rb <= Ho else Ho - oh0
     cdef Py_ssize_t nm = mb if m0 + mb <= M else M - m0
-    cdef Py_ssize_t q, s, m, np_ = nrows * Wo
+    cdef Py_ssize_t q, s, np_ = nrows * Wo
     cdef char tn = b"N"
     cdef int bm = <int>nm, bn = <int>np_, bk = <int>K, lda = <int>M, ldb = <int>K
     cdef int ldc = <int>nm
-    cdef float alpha, beta, one = 1.0, zero = 0.0, b
+    cdef float alpha, beta, one = 1.0, zero = 0.0
     cdef float* o
-    cdef const float* w
-    cdef const float* rr
     cdef int ldp = <int>P
     cdef char tt = b"T"
     if kh == 1 and kw == 1 and sh == 1 and sw == 1 and ph0 == 0 and pw0 == 0 and Ho == H \
@@ -443,17 +441,7 @@ cdef void _conv_item(const float* x, const float* g, const float* slice_w, const
             beta = zero if s == 0 else one
             sgemm(&tn, &tt, &bn, &bm, &bk, &alpha, <float*>x + n * C * P + oh0 * Wo, &ldp,
                   <float*>g + s * K * M + m0, &lda, &beta, o, &ldp)
-        for m in range(nm):
-            b = bias[m0 + m] if bias != NULL else 0.0
-            o = out + (n * M + m0 + m) * P + oh0 * Wo
-            rr = res + (n * M + m0 + m) * P + oh0 * Wo if res != NULL else NULL
-            for q in range(np_):
-                if rr != NULL:
-                    o[q] = (o[q] + b) + rr[q]
-                else:
-                    o[q] = o[q] + b
-                if relu:
-                    o[q] = _relu(o[q])
+        _conv_epilogue(o, 1, out, P, bias, res, n, M, m0, nm, oh0 * Wo, np_, relu)
         return
     for q in range(nrows):
         _im2col_strip(x, cols + q * Wo * K, n * Ho + oh0 + q, C, H, W, Ho, Wo, kh, kw, sh, sw,
@@ -465,24 +453,42 @@ cdef void _conv_item(const float* x, const float* g, const float* slice_w, const
         beta = zero if s == 0 else one
         sgemm(&tn, &tn, &bm, &bn, &bk, &alpha, <float*>g + s * K * M + m0, &lda, cols, &ldb,
               &beta, work, &ldc)
+    _conv_epilogue(work, 0, out, P, bias, res, n, M, m0, nm, oh0 * Wo, np_, relu)
+
+
+cdef void _conv_epilogue(const float* src, bint planes, float* out, Py_ssize_t P,
+                         const float* bias, const float* res, Py_ssize_t n, Py_ssize_t M,
+                         Py_ssize_t m0, Py_ssize_t nm, Py_ssize_t p0, Py_ssize_t np_,
+                         bint relu) noexcept nogil:
+    """Output planes ``m0 .. m0 + nm`` of image ``n``, positions ``p0 .. p0 + np_``:
+    ``relu?((sum + bias[m]) + res)``.
+
+    The sums come from ``src``: the output planes themselves (``planes``; the pointwise path's
+    sgemm wrote there) or a ``[np_, nm]`` block (``work``), read transposed.
+    """
+    cdef Py_ssize_t m, q, ld = 1 if planes else nm
+    cdef float b
+    cdef float* o
+    cdef const float* w
+    cdef const float* rr
     for m in range(nm):
         b = bias[m0 + m] if bias != NULL else 0.0
-        o = out + (n * M + m0 + m) * P + oh0 * Wo
-        w = work + m
+        o = out + (n * M + m0 + m) * P + p0
+        w = o if planes else src + m
         if res != NULL:
-            rr = res + (n * M + m0 + m) * P + oh0 * Wo
+            rr = res + (n * M + m0 + m) * P + p0
             if relu:
                 for q in range(np_):
-                    o[q] = _relu((w[q * nm] + b) + rr[q])
+                    o[q] = _relu((w[q * ld] + b) + rr[q])
             else:
                 for q in range(np_):
-                    o[q] = (w[q * nm] + b) + rr[q]
+                    o[q] = (w[q * ld] + b) + rr[q]
         elif relu:
             for q in range(np_):
-                o[q] = _relu(w[q * nm] + b)
+                o[q] = _relu(w[q * ld] + b)
         else:
             for q in range(np_):
-                o[q] = w[q * nm] + b
+                o[q] = w[q * ld] + b
 
 
 cdef inline float _norm(const float* v, Py_ssize_t n) noexcept nogil:
