@@ -18,8 +18,8 @@ extensions = [
         extra_link_args=openmp,
     ),
     Extension(
-        "xbarc.runtime._update",
-        ["runtime/_update.pyx"],
+        "xbarc.runtime.train._update",
+        ["runtime/train/_update.pyx"],
         extra_compile_args=["-O3", *openmp],
         extra_link_args=openmp,
     ),

@@ -15,7 +15,7 @@ Printed (medians over ``--repeats`` after warm-up; no asserts):
 * **MVM vs NumPy**: for every crossbar layer of ResNet-8, ViT and the 784-256-128-10 MLP, the
   engine's MVM (``Engine.mvm``: the tiled-MVM kernel and its wrapper, on the im2col'd inputs)
   ÷ a plain NumPy float32 ``x @ W`` of the same shapes; and the whole crossbar layer
-  (``Engine._xbar``: im2col, DAC, MVM, bias, output layout) ÷ the same matmul. Goal ≤ 1.5.
+  (``CrossbarReads.run``: im2col, DAC, MVM, bias, output layout) ÷ the same matmul. Goal ≤ 1.5.
 * **noise + ADC cost**: a forward in non-ideal mode (8-bit DAC/ADC, read noise) ÷ one in ideal
   mode, per model (no goal; a figure to watch), and the non-ideal engine's first call (it
   calibrates the DAC/ADC ranges on that batch) ÷ its steady-state forward.
@@ -144,9 +144,9 @@ def mvm_vs_numpy(path: Path, batch: int, threads: int, repeats: int) -> dict:
             w = np.ascontiguousarray(layer.gdiff[gi, 0])
             out = np.empty((xg.shape[0], w.shape[1]), np.float32)
             t_np += median_time(lambda xg=xg, w=w, out=out: np.matmul(xg, w, out=out), repeats)
-            t_mvm += median_time(lambda la=layer, gi=gi, xg=xg: eng.mvm(la, gi, xg), repeats)
+            t_mvm += median_time(lambda la=layer, gi=gi, xg=xg: eng.xbar.mvm(la, gi, xg), repeats)
         t_xbar += median_time(
-            lambda node=node, args=args: eng._xbar(node, args, keep=False), repeats
+            lambda node=node, args=args: eng.xbar.run(node, args, keep=False), repeats
         )
     return {"mvm": t_mvm, "xbar": t_xbar, "numpy": t_np}
 
@@ -228,7 +228,7 @@ def profile(model: str, path: Path, batch: int, threads: int, repeats: int) -> N
 
     engine_mod.FAST_DIGITAL.update({k: timed_fast(k, f) for k, f in fast_orig.items()})
     xbar_t = 0.0
-    orig_xbar = eng._xbar
+    orig_xbar = eng.xbar.run
 
     def timed_xbar(node: Any, args: list[Array], **kw: Any) -> Any:
         nonlocal xbar_t
@@ -238,7 +238,7 @@ def profile(model: str, path: Path, batch: int, threads: int, repeats: int) -> N
         finally:
             xbar_t += time.perf_counter() - t0
 
-    eng._xbar = timed_xbar  # type: ignore[method-assign]
+    eng.xbar.run = timed_xbar  # type: ignore[method-assign]
     try:
         t0 = time.perf_counter()
         for _ in range(n):

@@ -1,7 +1,7 @@
 """Deterministic generator for the ONNX models committed under ``models/``.
 
 Every model is built from a fixed seed, optionally trained on the bundled digits data set
-(``runtime/datasets/digits.csv.gz``), and exported twice:
+(``runtime/data/datasets/digits.csv.gz``), and exported twice:
 
 * ``<name>.onnx``: torch's classic TorchScript exporter, opset 17. The export uses
   ``training=TrainingMode.PRESERVE`` on a model in eval mode, so the graph is inference
@@ -43,7 +43,7 @@ from torch import nn
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "models"
-DIGITS_PATH = REPO_ROOT / "runtime" / "datasets" / "digits.csv.gz"
+DIGITS_PATH = REPO_ROOT / "runtime" / "data" / "datasets" / "digits.csv.gz"
 
 CLASSIC_OPSET = 17
 EXPORT_BATCH = 2  # example batch used for tracing; the batch axis is exported symbolic

@@ -1,4 +1,4 @@
-"""Tests of the backward rules (xbarc.runtime.autodiff) against finite differences of the forward.
+"""Tests of the backward rules (xbarc.runtime.train.autodiff) against finite differences.
 
 Every op kind is checked on hypothesis-generated shapes and attributes: the VJP of a random
 cotangent ``g`` is compared with the central difference of ``<f(x + t*d), g>`` along a random
@@ -24,7 +24,7 @@ from xbarc.errors import VerifyError
 from xbarc.ir import interp
 from xbarc.ir import ops as O
 from xbarc.ir.types import TensorType
-from xbarc.runtime import autodiff as A
+from xbarc.runtime.train import autodiff as A
 
 Array = np.ndarray[Any, Any]
 EPS = 1e-6

