@@ -21,7 +21,14 @@ SOURCES = [
     "tests",
     "benchmarks",
 ]
-TYPED = ["xbarc.ir", "xbarc.passes", "xbarc.backend", "xbarc.frontend", "xbarc.runtime.engine"]
+TYPED = [
+    "xbarc.ir",
+    "xbarc.passes",
+    "xbarc.backend",
+    "xbarc.frontend",
+    "xbarc.runtime.engine",
+    "xbarc.runtime.energy",
+]
 
 
 def test_ruff_clean() -> None:
