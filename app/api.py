@@ -11,6 +11,7 @@ from xbarc.backend import lower as backend
 from xbarc.backend import report as report_mod
 from xbarc.errors import DataError, XbarcError
 from xbarc.frontend import load_onnx
+from xbarc.fsutil import remove_stale_temps
 from xbarc.passes import ChipConfig, default_pipeline
 from xbarc.passes.base import Pass
 
@@ -242,6 +243,7 @@ def train(
     backend_mod.save(trained, out)
     if ckpt.exists():
         ckpt.unlink()
+    remove_stale_temps(ckpt)  # of a checkpoint write killed in an earlier run
     summary = result.to_dict()
     summary["output"] = str(out)
     summary["data"] = trainer.data.name

@@ -22,7 +22,6 @@ import os
 import re
 import stat
 import struct
-import tempfile
 import zlib
 from collections.abc import Callable, Mapping
 from contextlib import suppress
@@ -35,6 +34,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from xbarc.errors import FormatError
+from xbarc.fsutil import atomic_output
 
 MAGIC = b"XBARCBIN"
 MAJOR, MINOR = 1, 0
@@ -86,7 +86,7 @@ def write(
     manifest: Mapping[str, Any],
     arrays: Mapping[str, Array | ArraySpec],
 ) -> None:
-    """Write a mapped.bin atomically (temp file, fsync, rename), arrays in mapping order.
+    """Write a mapped.bin atomically (``xbarc.fsutil.atomic_output``), arrays in mapping order.
 
     Memory stays O(one chunk): ndarrays are written from views (converted chunk by chunk only
     when not C-contiguous little-endian), and each :class:`ArraySpec` fills a mapped region.
@@ -115,31 +115,16 @@ def write(
     n = len(_dump(body))
     if n > MAX_MANIFEST:
         raise ValueError(f"manifest of {n} bytes exceeds the {MAX_MANIFEST}-byte limit")
-    start, tmp = _align(_HEADER.size + n), None
-    try:
-        with tempfile.NamedTemporaryFile(
-            dir=p.parent, prefix=f".{p.name}.", suffix=".tmp", delete=False
-        ) as f:
-            tmp = f.name
-            os.ftruncate(f.fileno(), start + end)  # the zero padding, for free
-            for (off, dt, a), e in zip(jobs, entries.values(), strict=True):
-                pos = start + off
-                crc = _fill(f, pos, dt, a) if isinstance(a, ArraySpec) else _copy(f, pos, dt, a)
-                e["crc32"] = f"{crc:08x}"
-            header = _HEADER.pack(MAGIC, MAJOR, MINOR, 0, n)
-            f.seek(0)
-            f.write(header + _seal(header, _dump(body)))
-            f.flush()
-            os.fsync(f.fileno())
-        mask = os.umask(0o022)  # reading the umask means setting it; NamedTemporaryFile made 0600
-        os.umask(mask)
-        os.chmod(tmp, p.stat().st_mode & 0o777 if p.exists() else 0o666 & ~mask)
-        os.replace(tmp, p)
-    except BaseException:
-        if tmp is not None:
-            with suppress(FileNotFoundError):
-                os.unlink(tmp)
-        raise
+    start = _align(_HEADER.size + n)
+    with atomic_output(p) as f:
+        os.ftruncate(f.fileno(), start + end)  # the zero padding, for free
+        for (off, dt, a), e in zip(jobs, entries.values(), strict=True):
+            pos = start + off
+            crc = _fill(f, pos, dt, a) if isinstance(a, ArraySpec) else _copy(f, pos, dt, a)
+            e["crc32"] = f"{crc:08x}"
+        header = _HEADER.pack(MAGIC, MAJOR, MINOR, 0, n)
+        f.seek(0)
+        f.write(header + _seal(header, _dump(body)))
 
 
 def _copy(f: IO[bytes], pos: int, dt: np.dtype[Any], a: Array) -> int:

@@ -261,4 +261,3 @@ def load(path: str | Path) -> Program:
         extra,
         extra_arrays,
     )
-

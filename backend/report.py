@@ -358,8 +358,11 @@ def plot(
     ax.set_xlabel("tile (column in grid)")
     ax.set_ylabel("tile (row in grid)")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    from xbarc.fsutil import atomic_output
+
+    try:
+        with atomic_output(path) as f:
+            fig.savefig(f, format="png", dpi=100)
+    finally:
+        plt.close(fig)
     return path
