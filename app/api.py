@@ -117,17 +117,19 @@ def evaluate(
     limit: int = 0,
     batch: int = 256,
     progress: Progress | None = None,
+    verify: bool = True,
 ) -> dict[str, Any]:
     """Run the test split through the mapped program; accuracy, output error, counters, energy.
 
     The output error is the relative RMS difference to the same program with ideal device
-    settings (skipped with ``ideal``).
+    settings (skipped with ``ideal``). ``verify=False`` skips the array checksums on load.
     """
     from xbarc.runtime.energy import EnergyModel, format_constants
     from xbarc.runtime.engine import Engine
 
     note = progress or (lambda _d, _f: None)
-    eng = Engine.load(mapped, ideal=ideal, seed=seed, threads=threads, kernels=kernels)
+    prog = backend.load(mapped, verify=verify)
+    eng = Engine(prog, ideal=ideal, seed=seed, threads=threads, kernels=kernels)
     ds = load_data(
         data,
         eng,
@@ -208,8 +210,13 @@ def train(
     resume: bool = False,
     progress: Callable[[dict[str, Any]], None] | None = None,
     checkpoint: bool = True,
+    verify: bool = True,
 ) -> dict[str, Any]:
-    """Train a mapped program on-chip; write the trained mapped.bin and its report files."""
+    """Train a mapped program on-chip; write the trained mapped.bin and its report files.
+
+    ``verify=False`` skips the array checksums of the file read (``mapped``, or the
+    checkpoint with ``resume``).
+    """
     from xbarc.backend import lower as backend_mod
     from xbarc.runtime.engine import Engine
     from xbarc.runtime.train import Trainer, prepare_data
@@ -221,7 +228,7 @@ def train(
         if not ckpt.exists():
             raise XbarcError(f"--resume: no checkpoint {ckpt} (it is written after every epoch)")
         start = ckpt
-    prog = backend_mod.load(start)
+    prog = backend_mod.load(start, verify=verify)
     eng = Engine(prog, ideal=cfg.rule == "float", seed=cfg.seed, threads=threads, kernels=kernels)
     ds = load_data(
         data,

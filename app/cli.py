@@ -59,6 +59,13 @@ def _root(
 
 
 ModelArg = Annotated[str, typer.Argument(help="ONNX file, or the name of a bundled model.")]
+VerifyOpt = Annotated[
+    bool,
+    typer.Option(
+        "--verify/--no-verify",
+        help="Check every array's CRC-32 on load (--no-verify skips the pass over huge files).",
+    ),
+]
 
 
 @app.command(
@@ -270,7 +277,7 @@ def _show_report(rep: dict[str, object]) -> None:
 )
 def inspect_cmd(
     mapped: Annotated[Path, typer.Argument(help="A mapped.bin file.")],
-    verify: Annotated[bool, typer.Option(help="Check every array's CRC.")] = False,
+    verify: VerifyOpt = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Show a mapped.bin's manifest and tile table."""
@@ -279,12 +286,10 @@ def inspect_cmd(
     from xbarc.backend import container
     from xbarc.backend import lower as backend
 
-    if verify:
-        container.read(mapped, verify=True).close()
-    p = backend.load(mapped)
+    p = backend.load(mapped, verify=verify)
     summary = {
         "file": str(mapped),
-        "format": container.inspect(mapped),
+        "format": container.inspect(mapped, verify=False),  # checked (or not) by the load
         "xbarc_version": p.extra.get("xbarc_version"),
         "source": p.source,
         "state": p.state,
@@ -334,13 +339,14 @@ def inspect_cmd(
 def report_cmd(
     mapped: Annotated[Path, typer.Argument(help="A mapped.bin file (compiled or trained).")],
     plot: Annotated[bool, typer.Option(help="Write heatmap PNGs beside the file.")] = False,
+    verify: VerifyOpt = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Reprint the tile-utilisation report."""
     from xbarc.backend import lower as backend
     from xbarc.backend import report
 
-    p = backend.load(mapped)
+    p = backend.load(mapped, verify=verify)
     rep = report.build(p)
     files = []
     if plot:
@@ -429,6 +435,7 @@ def eval_cmd(
     limit: Annotated[int, typer.Option(help="Use only the first N test samples.")] = 0,
     batch: Annotated[int, typer.Option(help="Samples per forward call.")] = 256,
     kernels: KernelsOpt = "cython",
+    verify: VerifyOpt = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Run a mapped model on a test set: accuracy, counters, inference energy."""
@@ -446,6 +453,7 @@ def eval_cmd(
             limit=limit,
             batch=batch,
             progress=hook,
+            verify=verify,
         )
     if as_json:
         _print_json(res)
@@ -543,6 +551,7 @@ def train_cmd(
     ] = "",
     threads: ThreadsOpt = None,
     kernels: KernelsOpt = "cython",
+    verify: VerifyOpt = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Train a mapped model on-chip with EaPU or a baseline rule."""
@@ -587,6 +596,7 @@ def train_cmd(
                 kernels=kernels,
                 resume=resume and i == 0,
                 progress=hook,
+                verify=verify,
             )
         results.append(res)
     if as_json:

@@ -183,13 +183,14 @@ def _used_digitally(v: Value) -> bool:
     return any(not isinstance(u.node.op, O.XbarMVM) or u.index != 1 for u in v.uses)
 
 
-def load(path: str | Path) -> Program:
-    """Read a mapped.bin written by :func:`save`.
+def load(path: str | Path, *, verify: bool = True) -> Program:
+    """Read a mapped.bin written by :func:`save`; ``verify`` checks every array's CRC-32.
 
     Raises:
-        FormatError: not a mapped.bin, or inconsistent content.
+        FormatError: not a mapped.bin, inconsistent content, or (with ``verify``) an array whose
+            bytes do not match their checksum.
     """
-    c = container.read(path)
+    c = container.read(path, verify=verify)
     m = c.manifest
     if m.get("kind") != KIND:
         raise FormatError(f"{path}: not an xbarc mapped program (kind={m.get('kind')!r})")
