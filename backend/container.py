@@ -8,7 +8,7 @@ shape, offset, nbytes, crc32}}``, offsets relative to the data section) and, as 
 ``"manifest_crc32":"<8 hex digits>"``: the CRC-32 of header and manifest with those digits written
 as ``0`` (the IPv4-header trick). It is checked on every read, so a damaged header, manifest or
 padding always raises :class:`FormatError`. The array CRCs need one pass over the data (about
-3 GB/s: 0.12 s for ViT-B/16's 350 MB, ``benchmarks/compile_scale.py`` prints it) and are
+3 GB/s, measured once with ``zlib.crc32`` over a 350 MB buffer: 0.12 s) and are
 checked on every read too, unless ``read(..., verify=False)`` (``--no-verify``) skips them.
 Newer minor versions are read; newer majors and unknown flags are refused.
 """
