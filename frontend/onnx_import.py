@@ -718,6 +718,149 @@ def _l_conv(c: _Ctx) -> list[Value]:
     return c.emit(op, [x, w] + ([bias] if bias is not None else []))
 
 
+def _conv_transpose_pads(
+    c: _Ctx,
+    spatial: Sequence[int],
+    kernel: Sequence[int],
+    strides: Sequence[int],
+    dilations: Sequence[int],
+    out_pad: Sequence[int],
+) -> tuple[int, ...]:
+    """Begin then end pads of a ConvTranspose (``pads``, ``auto_pad`` or ``output_shape``)."""
+    nsp = len(kernel)
+    shape = c.attr("output_shape")
+    mode = c.attr("auto_pad", b"NOTSET")
+    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    if shape is None and mode in ("NOTSET", "VALID"):
+        pads = tuple(int(p) for p in c.attr("pads", [0] * (2 * nsp)))
+        if mode == "VALID":
+            pads = (0,) * (2 * nsp)
+        if len(pads) != 2 * nsp:
+            raise c.err(f"attribute pads={list(pads)} needs {2 * nsp} entries")
+        return pads
+    if mode not in ("NOTSET", "SAME_UPPER", "SAME_LOWER"):
+        raise c.err(f"attribute auto_pad={mode!r} is not supported")
+    want = [int(s) for s in shape][-nsp:] if shape is not None else None
+    if want is not None and len(want) != nsp:
+        raise c.err(f"attribute output_shape={list(shape)} does not match {nsp} spatial axes")
+    begin, end = [], []
+    for i in range(nsp):
+        full = strides[i] * (spatial[i] - 1) + out_pad[i] + (kernel[i] - 1) * dilations[i] + 1
+        target = want[i] if want is not None else spatial[i] * strides[i]
+        total = full - target
+        if total < 0:
+            raise c.err(f"output_shape {want} is larger than the full output along axis {i}")
+        # ONNX: SAME_UPPER puts the larger half at the end, otherwise at the beginning.
+        small = total // 2
+        if mode == "SAME_UPPER":
+            begin.append(small)
+            end.append(total - small)
+        else:
+            begin.append(total - small)
+            end.append(small)
+    return (*begin, *end)
+
+
+def _transposed_kernel(c: _Ctx, w: Value, group: int) -> Value:
+    """ConvTranspose weight ``[Cin, Cout/g, *k]`` → the Conv weight ``[Cout, Cin/g, *k]``.
+
+    Each group's block is transposed (input ↔ output channels) and every spatial axis is
+    flipped: a transposed convolution is the convolution of the zero-inserted input with this
+    kernel. A constant weight is transformed once here (keeping its initializer name, so it
+    stays a trainable crossbar matrix); a run-time weight gets the same as graph ops.
+    """
+    cin, cout_g, *ks = w.type.shape
+    if cin % group:
+        raise c.err(f"weight {w.type} does not fit group={group}")
+    cin_g = cin // group
+    nsp = len(ks)
+    perm = (0, 2, 1, *range(3, 3 + nsp))
+    flip = tuple(slice(None, None, -1) for _ in ks)
+    if w.const is not None:
+        arr = np.asarray(w.const).reshape(group, cin_g, cout_g, *ks).transpose(perm)
+        arr = np.ascontiguousarray(arr[(slice(None),) * 3 + flip])
+        return make_const(arr.reshape(group * cout_g, cin_g, *ks), w.name, param=w.param)
+    (y,) = c.emit(O.Reshape(shape=(group, cin_g, cout_g, *ks)), [w])
+    (y,) = c.emit(O.Transpose(perm=perm), [y])
+    (y,) = c.emit(O.Reshape(shape=(group * cout_g, cin_g, *ks)), [y])
+    big = 2**62
+    axes = tuple(range(2, 2 + nsp))
+    op = O.Slice(starts=(-1,) * nsp, ends=(-big,) * nsp, axes=axes, steps=(-1,) * nsp)
+    (y,) = c.emit(op, [y])
+    return y
+
+
+def _zero_insert(c: _Ctx, x: Value, strides: Sequence[int]) -> Value:
+    """``[N, C, H, W]`` → ``[N, C, H·sh, W·sw]`` with ``s-1`` zeros after every input pixel."""
+    n, ch, h, wd = x.type.shape
+    sh, sw = strides
+    (y,) = c.emit(O.Reshape(shape=(n, ch, h, 1, wd, 1)), [x])
+    (y,) = c.emit(O.Pad(pads=(0,) * 9 + (sh - 1, 0, sw - 1)), [y])
+    (y,) = c.emit(O.Reshape(shape=(n, ch, h * sh, wd * sw)), [y])
+    return y
+
+
+@lower("ConvTranspose")
+def _l_conv_transpose(c: _Ctx) -> list[Value]:
+    """A transposed convolution as a Conv of the zero-inserted input (DESIGN.md, ConvTranspose).
+
+    With stride ``s``, dilation ``d``, kernel ``k``, pads ``p0, p1`` and output padding ``op``
+    along an axis: insert ``s-1`` zeros after every input element (the last ones are dropped),
+    pad by ``d(k-1)-p0`` before and ``d(k-1)-p1+op`` after (negative = crop) and run a stride-1
+    Conv with the flipped, channel-transposed kernel and the same dilation and groups.
+    """
+    x, w = c.need(0), c.need(1)
+    bias = c.inp(2)
+    if w.type.rank != x.type.rank:
+        raise c.err(f"weight {w.type} and input {x.type} differ in rank")
+    nsp = x.type.rank - 2
+    if nsp not in (1, 2):
+        raise c.err(f"{nsp}-D transposed convolution is not supported (1-D and 2-D are)")
+    ks = tuple(int(k) for k in (c.attr("kernel_shape") or w.type.shape[2:]))
+    if ks != tuple(w.type.shape[2:]):
+        raise c.err(f"attribute kernel_shape={list(ks)} differs from the weight {w.type}")
+    strides = tuple(int(s) for s in c.attr("strides", [1] * nsp))
+    dil = tuple(int(d) for d in c.attr("dilations", [1] * nsp))
+    out_pad = tuple(int(p) for p in c.attr("output_padding", [0] * nsp))
+    group = int(c.attr("group", 1))
+    if len(strides) != nsp or len(dil) != nsp or len(out_pad) != nsp:
+        raise c.err("attributes strides/dilations/output_padding do not match the spatial rank")
+    if min((*strides, *dil), default=1) < 1 or group < 1:
+        raise c.err("strides, dilations and group must be >= 1")
+    if x.type.shape[1] != w.type.shape[0]:
+        raise c.err(f"input {x.type} has not the {w.type.shape[0]} channels of weight {w.type}")
+    pads = _conv_transpose_pads(c, x.type.shape[2:], ks, strides, dil, out_pad)
+    wc = _transposed_kernel(c, w, group)
+    if nsp == 1:
+        x = _to_2d(c, x)
+        shape = (*wc.type.shape[:2], 1, ks[0])
+        if wc.const is not None:
+            wc = make_const(np.asarray(wc.const).reshape(shape), wc.name, param=wc.param)
+        else:
+            (wc,) = c.emit(O.Reshape(shape=shape), [wc])
+        ks, strides, dil = (1, *ks), (1, *strides), (1, *dil)
+        out_pad = (0, *out_pad)
+        pads = (0, pads[0], 0, pads[1])
+    y = _zero_insert(c, x, strides) if strides != (1, 1) else x
+    # The zero-inserted input has s-1 trailing zeros too many per axis: fold them into the end
+    # pad. Non-negative pads go to the Conv, negative ones (cropping) to a Pad before it.
+    before = [d * (k - 1) - p for k, d, p in zip(ks, dil, pads[:2], strict=True)]
+    after = [
+        d * (k - 1) - p + o - (s - 1)
+        for k, d, p, o, s in zip(ks, dil, pads[2:], out_pad, strides, strict=True)
+    ]
+    crop = [min(0, v) for v in (*before, *after)]
+    if any(crop):
+        (y,) = c.emit(O.Pad(pads=(0, 0, crop[0], crop[1], 0, 0, crop[2], crop[3])), [y])
+    conv_pads = tuple(max(0, v) for v in (*before, *after))
+    op = O.Conv(strides=(1, 1), pads=conv_pads, dilations=dil, group=group)
+    (y,) = c.emit(op, [y, wc] + ([bias] if bias is not None else []))
+    if nsp == 1:
+        n, ch, _, length = y.type.shape
+        return c.emit(O.Reshape(shape=(n, ch, length)), [y])
+    return [y]
+
+
 @lower("BatchNormalization")
 def _l_bn(c: _Ctx) -> list[Value | None]:
     if int(c.attr("training_mode", 0)):
@@ -1003,6 +1146,106 @@ def _l_tile(c: _Ctx) -> list[Value]:
     target = tuple(v for r, d in zip(reps, s, strict=True) for v in (r, d))
     (y,) = c.emit(O.Expand(shape=target), [y])
     return _reshape_to(c, y, [r * d for r, d in zip(reps, s, strict=True)])
+
+
+@lower("DepthToSpace", "SpaceToDepth")
+def _l_depth_space(c: _Ctx) -> list[Value]:
+    """Pixel (un)shuffle as Reshape → Transpose → Reshape (no op of its own to train)."""
+    x = c.need(0)
+    b = int(c.attr("blocksize", 0))
+    if x.type.rank != 4:
+        raise c.err(f"input {x.type} must be [N, C, H, W]")
+    if b < 1:
+        raise c.err(f"attribute blocksize={b} must be >= 1")
+    n, ch, h, w = x.type.shape
+    if c.node_op == "SpaceToDepth":
+        if h % b or w % b:
+            raise c.err(f"spatial size {h}x{w} is not a multiple of blocksize={b}")
+        (y,) = c.emit(O.Reshape(shape=(n, ch, h // b, b, w // b, b)), [x])
+        (y,) = c.emit(O.Transpose(perm=(0, 3, 5, 1, 2, 4)), [y])
+        return _reshape_to(c, y, (n, ch * b * b, h // b, w // b))
+    mode = c.attr("mode", b"DCR")
+    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    if ch % (b * b):
+        raise c.err(f"{ch} channels are not a multiple of blocksize²={b * b}")
+    cb = ch // (b * b)
+    if mode == "DCR":
+        (y,) = c.emit(O.Reshape(shape=(n, b, b, cb, h, w)), [x])
+        (y,) = c.emit(O.Transpose(perm=(0, 3, 4, 1, 5, 2)), [y])
+    elif mode == "CRD":
+        (y,) = c.emit(O.Reshape(shape=(n, cb, b, b, h, w)), [x])
+        (y,) = c.emit(O.Transpose(perm=(0, 1, 4, 2, 5, 3)), [y])
+    else:
+        raise c.err(f"attribute mode={mode!r} is not supported (DCR and CRD are)")
+    return _reshape_to(c, y, (n, cb, h * b, w * b))
+
+
+def _str_attr(c: _Ctx, name: str, default: str) -> str:
+    v = c.attr(name, default)
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+@lower("Resize")
+def _l_resize(c: _Ctx) -> list[Value]:
+    """Nearest or (bi/tri)linear resize with static output sizes (cubic is refused)."""
+    x = c.need(0)
+    rank = x.type.rank
+    mode = _str_attr(c, "mode", "nearest")
+    if mode == "cubic":
+        raise c.err("mode='cubic' is not supported (nearest and linear are)")
+    if mode not in ("nearest", "linear"):
+        raise c.err(f"attribute mode={mode!r} is not supported (nearest and linear are)")
+    coord = _str_attr(c, "coordinate_transformation_mode", "half_pixel")
+    if coord not in O.RESIZE_COORDS:
+        raise c.err(f"attribute coordinate_transformation_mode={coord!r} is not supported")
+    nearest = _str_attr(c, "nearest_mode", "round_prefer_floor")
+    if nearest not in O.NEAREST_MODES:
+        raise c.err(f"attribute nearest_mode={nearest!r} is not supported")
+    if int(c.attr("antialias", 0)):
+        raise c.err("attribute antialias=1 is not supported")
+    policy = _str_attr(c, "keep_aspect_ratio_policy", "stretch")
+    if c.opset < 11:
+        scales_in, sizes_in = c.const(1, "scales"), None
+    else:
+        scales_in, sizes_in = c.const(2, "scales"), c.const(3, "sizes")
+    axes_attr = c.attr("axes")
+    axes = tuple(range(rank)) if axes_attr is None else _axes(c, axes_attr, rank)
+    if axes_attr is not None and len(axes) != len(axes_attr):
+        raise c.err(f"repeated axes {list(axes_attr)}")
+    if scales_in is not None and scales_in.size == 0:
+        scales_in = None
+    if sizes_in is not None and sizes_in.size == 0:
+        sizes_in = None
+    if (scales_in is None) == (sizes_in is None):
+        raise c.err("exactly one of scales and sizes must be given")
+    shape = list(x.type.shape)
+    scales = [1.0] * rank
+    if sizes_in is not None:
+        if policy != "stretch":
+            raise c.err(f"attribute keep_aspect_ratio_policy={policy!r} is not supported")
+        want = [int(v) for v in np.asarray(sizes_in).reshape(-1)]
+        if len(want) != len(axes):
+            raise c.err(f"sizes {want} do not match {len(axes)} axes")
+        for a, v in zip(axes, want, strict=True):
+            if v < 1:
+                raise c.err(f"sizes {want} has an extent < 1")
+            scales[a] = float(np.float32(v) / np.float32(shape[a]))
+            shape[a] = v
+    else:
+        assert scales_in is not None
+        given = [float(v) for v in np.asarray(scales_in, np.float32).reshape(-1)]
+        if len(given) != len(axes):
+            raise c.err(f"scales {given} do not match {len(axes)} axes")
+        for a, v in zip(axes, given, strict=True):
+            if not v > 0:
+                raise c.err(f"scales {given} must be > 0")
+            scales[a] = v
+            # onnxruntime computes the extent in float32.
+            shape[a] = int(np.floor(np.float32(shape[a]) * np.float32(v)))
+    op = O.Resize(
+        sizes=tuple(shape), scales=tuple(scales), mode=mode, coord=coord, nearest_mode=nearest
+    )
+    return c.emit(op, [x])
 
 
 @lower("Pad")

@@ -497,6 +497,81 @@ def _pad(op: O.Pad, a: list[Array]) -> tuple[Array, ...]:
     return (np.pad(x, widths, mode=mode),)
 
 
+def _source_coords(op: O.Resize, axis: int, size: int) -> Array:
+    """Input coordinate of every output index along ``axis``, in float32 as onnxruntime."""
+    f = np.float32
+    out = op.sizes[axis]
+    scale = f(op.scales[axis])
+    i = np.arange(out, dtype=f)
+    half = f(0.5)
+    if op.coord == "asymmetric":
+        return i / scale
+    if op.coord == "half_pixel":
+        return (i + half) / scale - half
+    if op.coord == "pytorch_half_pixel":
+        return (i + half) / scale - half if out > 1 else np.zeros(out, f)
+    if op.coord == "align_corners":
+        return np.zeros(out, f) if out == 1 else i * f(size - 1) / f(out - 1)
+    assert op.coord == "half_pixel_symmetric"
+    adjust = f(out) / (scale * f(size))
+    offset = f(size) / f(2) * (f(1) - adjust)
+    return offset + (i + half) / scale - half
+
+
+def resize_taps(op: O.Resize, axis: int, size: int) -> tuple[Array, Array, Array | None]:
+    """The two input indices and the weight of the second one for every output index.
+
+    ``Resize`` along ``axis`` is ``y[i] = x[i0[i]] · (1 - w[i]) + x[i1[i]] · w[i]``; ``w`` is
+    None for ``nearest`` (``y[i] = x[i0[i]]``). The autodiff rule scatters through the same taps.
+    """
+    x = _source_coords(op, axis, size)
+    if op.mode == "nearest":
+        x64 = x.astype(np.float64)
+        fl = np.floor(x64)
+        tie = x64 == fl + 0.5
+        if op.nearest_mode == "floor":
+            idx = fl
+        elif op.nearest_mode == "ceil":
+            idx = np.ceil(x64)
+        else:
+            up = 1.0 if op.nearest_mode == "round_prefer_ceil" else 0.0
+            idx = np.where(tie, fl + up, np.floor(x64 + 0.5))
+        i0 = np.clip(idx, 0, size - 1).astype(np.intp)
+        return i0, i0, None
+    xc = np.clip(x, np.float32(0), np.float32(size - 1))
+    i0 = np.minimum(np.floor(xc).astype(np.intp), size - 1)
+    i1 = np.minimum(i0 + 1, size - 1)
+    return i0, i1, xc - i0.astype(np.float32)
+
+
+def resize_axes(op: O.Resize, shape: Sequence[int]) -> list[int]:
+    """The axes a ``Resize`` changes (an axis mapped onto itself one to one is skipped)."""
+    moved = []
+    for ax, size in enumerate(shape):
+        i0, _, w = resize_taps(op, ax, size)
+        if (
+            size != op.sizes[ax]
+            or not np.array_equal(i0, np.arange(size))
+            or (w is not None and np.any(w))
+        ):
+            moved.append(ax)
+    return moved
+
+
+@kernel(O.Resize)
+def _resize(op: O.Resize, a: list[Array]) -> tuple[Array, ...]:
+    y = a[0]
+    for ax in resize_axes(op, y.shape):
+        i0, i1, w = resize_taps(op, ax, y.shape[ax])
+        lo = np.take(y, i0, axis=ax)
+        if w is None:
+            y = lo
+            continue
+        wb = w.astype(y.dtype).reshape((-1,) + (1,) * (y.ndim - ax - 1))
+        y = lo * (1 - wb) + np.take(y, i1, axis=ax) * wb
+    return (np.array(y, copy=y is a[0]),)
+
+
 @kernel(O.Fill)
 def _fill(op: O.Fill, a: list[Array]) -> tuple[Array, ...]:
     return (np.full(op.shape, op.value, dtype=DType(op.dtype).numpy),)

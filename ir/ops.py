@@ -932,6 +932,55 @@ class Pad(Op):
         return (x.with_shape(shape),)
 
 
+RESIZE_MODES = ("nearest", "linear")
+RESIZE_COORDS = (
+    "half_pixel",
+    "pytorch_half_pixel",
+    "align_corners",
+    "asymmetric",
+    "half_pixel_symmetric",
+)
+NEAREST_MODES = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
+
+
+@_register
+@dataclass(frozen=True, slots=True)
+class Resize(Op):
+    """Resize to ``sizes`` by nearest or linear interpolation, axis by axis (ONNX ``Resize``).
+
+    ``scales`` is the factor per axis that the coordinate transform divides by: the given scale,
+    or ``sizes / input`` (in float32) when the model gave sizes. An output index ``i`` maps to
+    the input coordinate ``coord(i)``; ``linear`` blends its two neighbours (the coordinate
+    clamped to the input), ``nearest`` rounds it with ``nearest_mode``.
+    """
+
+    NAME = "resize"
+    sizes: tuple[int, ...] = ()
+    scales: tuple[float, ...] = ()
+    mode: str = "nearest"
+    """``nearest`` or ``linear``."""
+    coord: str = "half_pixel"
+    """Coordinate transformation mode (:data:`RESIZE_COORDS`)."""
+    nearest_mode: str = "round_prefer_floor"
+    """Rounding of ``nearest`` (:data:`NEAREST_MODES`)."""
+
+    def infer(self, ins: Sequence[TensorType]) -> tuple[TensorType, ...]:
+        self.check_arity(ins)
+        x = ins[0]
+        _need_float(self, x)
+        if len(self.sizes) != x.rank or len(self.scales) != x.rank:
+            raise _fail(self, f"sizes and scales need {x.rank} entries for {x}")
+        if min(self.sizes, default=1) < 1 or min(self.scales, default=1.0) <= 0:
+            raise _fail(self, f"sizes {list(self.sizes)} and scales must be positive")
+        if self.mode not in RESIZE_MODES:
+            raise _fail(self, f"unknown mode {self.mode!r}")
+        if self.coord not in RESIZE_COORDS:
+            raise _fail(self, f"unknown coordinate transformation {self.coord!r}")
+        if self.nearest_mode not in NEAREST_MODES:
+            raise _fail(self, f"unknown nearest mode {self.nearest_mode!r}")
+        return (x.with_shape(self.sizes),)
+
+
 @_register
 @dataclass(frozen=True, slots=True)
 class Fill(Op):

@@ -50,6 +50,7 @@ _ELEM_COST: dict[type[O.Op], int] = {
     O.LogSoftmax: 5,
     O.BatchNorm: 2,
     O.LayerNorm: 8,
+    O.Resize: 3,
 }
 _MOVES = (
     O.Reshape,
