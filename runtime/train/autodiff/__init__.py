@@ -48,7 +48,7 @@ convex combination of them):
 
 from __future__ import annotations
 
-from xbarc.runtime.train.autodiff import elementwise, linalg, nn, shape
+from xbarc.runtime.train.autodiff import elementwise, linalg, nn, resample, shape
 from xbarc.runtime.train.autodiff.core import (
     BACKWARD,
     VJP,
@@ -64,6 +64,7 @@ __all__ = [
     "elementwise",
     "linalg",
     "nn",
+    "resample",
     "shape",
     "unbroadcast",
     "vjp",

@@ -2,20 +2,16 @@
 
 ``DepthToSpace``/``SpaceToDepth`` and ``ConvTranspose`` need no rule of their own: the frontend
 lowers them onto ``reshape``/``transpose``/``pad``/``conv``, whose rules live in
-:mod:`xbarc.runtime.autodiff`. Importing that module registers the rules here too.
+the sibling modules.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import numpy as np
 
 from xbarc.ir import interp
 from xbarc.ir import ops as O
-from xbarc.runtime.autodiff import Grads, _register
-
-Array = np.ndarray[Any, Any]
+from xbarc.runtime.train.autodiff.core import Array, Grads, _register
 
 
 def _scatter(g: Array, idx: Array, axis: int, size: int) -> Array:
