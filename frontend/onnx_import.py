@@ -1236,12 +1236,12 @@ def _l_resize(c: _Ctx) -> list[Value]:
         given = [float(v) for v in np.asarray(scales_in, np.float32).reshape(-1)]
         if len(given) != len(axes):
             raise c.err(f"scales {given} do not match {len(axes)} axes")
-        for a, v in zip(axes, given, strict=True):
-            if not v > 0:
+        for a, g in zip(axes, given, strict=True):
+            if not g > 0:
                 raise c.err(f"scales {given} must be > 0")
-            scales[a] = v
+            scales[a] = g
             # onnxruntime computes the extent in float32.
-            shape[a] = int(np.floor(np.float32(shape[a]) * np.float32(v)))
+            shape[a] = int(np.floor(np.float32(shape[a]) * np.float32(g)))
     op = O.Resize(
         sizes=tuple(shape), scales=tuple(scales), mode=mode, coord=coord, nearest_mode=nearest
     )
